@@ -1,0 +1,24 @@
+# RL fine-tuning heals OOD forgetting in SFT: the whole study as file targets.
+# Stages live in rules/*.smk; the library in src/rlheals; `rule all` asks for the study's final outputs.
+from snakemake.utils import min_version, validate
+from rlheals import config as study_config
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+# A bad config stops here, before any job runs, with the offending key named; then defaults are filled in.
+study_config.check(config, workflow.source_path("config/schema.yaml"))
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

@@ -1,0 +1,120 @@
+"""The data splits: hands dealt under a rule, with held-out value multisets so that no test hand (as a
+multiset of card values under its rule) appears in any training split. Deterministic for a seed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Mapping
+from pathlib import Path
+
+from rlheals import cards
+
+TEST_SPLITS = ("id_test", "ood_test")
+TRAIN_SPLITS = ("sft_train", "rl_train")
+SPLITS = TRAIN_SPLITS + TEST_SPLITS
+MAX_DRAWS_PER_HAND = 10_000
+
+
+def rules_from_config(game: Mapping) -> dict[str, cards.Rule]:
+    return {name: cards.Rule.from_config(name, spec) for name, spec in game["rules"].items()}
+
+
+def solvable_multisets(rule: cards.Rule, target: int) -> list[tuple[int, ...]]:
+    """Every solvable value multiset the rule's hand distribution can deal, sorted."""
+    keys = {cards.value_key(rule.values(ranks)) for ranks in rule.possible_rank_sets()}
+    return sorted(k for k in keys if cards.can_reach(k, target))
+
+
+def heldout_multisets(game: Mapping, data: Mapping) -> dict[str, frozenset]:
+    """For each test split, the share of its rule's solvable value multisets reserved for it."""
+    rules = rules_from_config(game)
+    out = {}
+    for split in TEST_SPLITS:
+        pool = solvable_multisets(rules[data["splits"][split]["rule"]], game["target"])
+        random.Random(f"{data['holdout_seed']}:{split}").shuffle(pool)
+        out[split] = frozenset(pool[: max(1, round(len(pool) * data["holdout_share"]))])
+    return out
+
+
+def make_split(split: str, game: Mapping, data: Mapping) -> list[dict]:
+    """Deal `size` solvable hands for one split. Test splits deal only from their held-out multisets;
+    training splits never deal one of them."""
+    spec = data["splits"][split]
+    rule = rules_from_config(game)[spec["rule"]]
+    target = game["target"]
+    heldout = heldout_multisets(game, data)
+    if split in TEST_SPLITS:
+        keep = heldout[split].__contains__
+    else:
+        banned = frozenset().union(*heldout.values())
+        keep = lambda key: key not in banned and cards.can_reach(key, target)  # noqa: E731
+    rng = random.Random(f"{spec['seed']}:{split}")
+    rows = []
+    for i in range(spec["size"]):
+        for _ in range(MAX_DRAWS_PER_HAND):
+            ranks, suits = rule.draw(rng)
+            values = rule.values(ranks)
+            if keep(cards.value_key(values)):
+                break
+        else:
+            raise RuntimeError(f"data.splits.{split}: no allowed hand found in {MAX_DRAWS_PER_HAND} draws")
+        solutions = cards.solve(values, target)
+        rows.append(
+            {
+                "id": f"{split}-{i:06d}",
+                "split": split,
+                "rule": rule.name,
+                "cards": ranks,
+                "suits": suits,
+                "values": values,
+                "target": target,
+                "solution": rng.choice([s for s in solutions if cards.is_plain(s)] or solutions),
+                "n_solutions": len(solutions),
+            }
+        )
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: str | Path) -> None:
+    """Write rows atomically: a killed job leaves no file that looks complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(paths: Mapping[str, str | Path], game: Mapping, data: Mapping) -> dict:
+    """Counts, checksums and leakage figures of the written splits, with the config they came from."""
+    splits = {}
+    keys = {}
+    for split, path in paths.items():
+        rows = read_jsonl(path)
+        keys[split] = {cards.value_key(r["values"]) for r in rows}
+        splits[split] = {
+            "path": str(path),
+            "rule": data["splits"][split]["rule"],
+            "count": len(rows),
+            "distinct_value_multisets": len(keys[split]),
+            "sha256": sha256(path),
+        }
+    train = set().union(*(keys[s] for s in TRAIN_SPLITS if s in keys))
+    test = set().union(*(keys[s] for s in TEST_SPLITS if s in keys))
+    return {"splits": splits, "test_multisets_in_training": len(train & test), "config": {"game": game, "data": data}}

@@ -1,0 +1,29 @@
+"""Logging and atomic file writes for the rule scripts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def setup(log_path: str | Path, name: str = "rlheals") -> logging.Logger:
+    """Log to the rule's log file and to stderr (so progress shows in the snakemake output)."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        handlers=[logging.FileHandler(log_path, mode="w"), logging.StreamHandler(sys.stderr)],
+        force=True,
+    )
+    return logging.getLogger(name)
+
+
+def write_json_atomic(obj, path: str | Path) -> None:
+    """Write, then rename: a killed job never leaves a file that looks complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
