@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlheals.config import ConfigError, check
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "config" / "schema.yaml"
+
+
+def default_config():
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def test_shipped_configs_are_valid():
+    check(default_config(), SCHEMA)
+    smoke = default_config()
+    smoke["data"].update(yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["data"])
+    check(smoke, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "edit, key, words",
+    [
+        (lambda c: c["data"]["splits"]["sft_train"].update(size=-5), "data.splits.sft_train.size", "minimum"),
+        (lambda c: c["data"]["splits"]["id_test"].update(size="many"), "data.splits.id_test.size", "integer"),
+        (lambda c: c["game"].update(target="24"), "game.target", "integer"),
+        (lambda c: c.update(bogus=1), "bogus", "unknown key"),
+        (lambda c: c["data"]["splits"]["rl_train"].update(colour="red"), "data.splits.rl_train.colour", "unknown key"),
+        (lambda c: c["data"]["splits"]["ood_test"].update(rule="moon"), "data.splits.ood_test.rule", "unknown rule"),
+        (lambda c: c["game"]["rules"]["ood"].update(hand="poker"), "game.rules.ood.hand", "poker"),
+        (lambda c: c["game"]["rules"]["id"]["face_values"].pop("Q"), "game.rules.id.face_values", "'Q' is a required"),
+        (lambda c: c["prompt"].update(format="essay"), "prompt.format", "essay"),
+        (lambda c: c["verify"].update(strict_format="yes"), "verify.strict_format", "boolean"),
+        (lambda c: c["data"].update(holdout_share=1.5), "data.holdout_share", "1.5"),
+        (lambda c: c["data"]["splits"].pop("rl_train"), "data.splits", "'rl_train' is a required"),
+    ],
+)
+def test_bad_config_is_rejected_naming_the_key(edit, key, words):
+    config = default_config()
+    edit(config)
+    with pytest.raises(ConfigError) as err:
+        check(config, SCHEMA)
+    message = str(err.value)
+    assert message.startswith(f"config key {key}:"), message
+    assert words in message
+
+
+def test_workflow_rejects_bad_config_before_any_job(workflow):
+    bad = workflow.write_config("bad.yaml", "data:\n  splits:\n    sft_train: {rule: id, size: -3}\n")
+    proc = workflow.run("-n", configfile=bad, check=False)
+    assert proc.returncode != 0
+    assert "config key data.splits.sft_train.size" in proc.stderr + proc.stdout
+    assert not (workflow.path / "results").exists()

@@ -1,0 +1,88 @@
+import json
+import shutil
+
+from rlheals import cards, data
+from rlheals.data import SPLITS, TEST_SPLITS, TRAIN_SPLITS
+
+GAME = {
+    "target": 24,
+    "rules": {
+        "id": {"face_values": {"J": 10, "Q": 10, "K": 10}, "hand": "uniform"},
+        "ood": {"face_values": {"J": 11, "Q": 12, "K": 13}, "hand": "face_card"},
+    },
+}
+DATA = {
+    "holdout_seed": 0,
+    "holdout_share": 0.25,
+    "splits": {
+        "sft_train": {"rule": "id", "size": 300, "seed": 1},
+        "rl_train": {"rule": "id", "size": 100, "seed": 2},
+        "id_test": {"rule": "id", "size": 60, "seed": 3},
+        "ood_test": {"rule": "ood", "size": 60, "seed": 4},
+    },
+}
+
+
+def keys(rows):
+    return {cards.value_key(r["values"]) for r in rows}
+
+
+def test_splits_are_solvable_follow_their_rule_and_never_leak():
+    made = {split: data.make_split(split, GAME, DATA) for split in SPLITS}
+    rules = data.rules_from_config(GAME)
+    for split, rows in made.items():
+        assert len(rows) == DATA["splits"][split]["size"]
+        for row in rows:
+            rule = rules[row["rule"]]
+            assert row["values"] == rule.values(row["cards"])
+            assert cards.can_reach(row["values"], 24) and row["solution"] in cards.solve(row["values"])
+        if split == "ood_test":
+            assert all(any(c in cards.FACES for c in r["cards"]) for r in rows)
+    train = keys(made["sft_train"]) | keys(made["rl_train"])
+    assert not train & (keys(made["id_test"]) | keys(made["ood_test"]))
+    # The ID test split is a real held-out set of ID multisets, not an empty or trivial one.
+    assert len(keys(made["id_test"])) > 20
+
+
+def test_generation_is_deterministic_and_seeded():
+    assert data.make_split("id_test", GAME, DATA) == data.make_split("id_test", GAME, DATA)
+    other = {**DATA, "splits": {**DATA["splits"], "id_test": {"rule": "id", "size": 60, "seed": 9}}}
+    assert data.make_split("id_test", GAME, other) != data.make_split("id_test", GAME, DATA)
+
+
+def test_workflow_data_rule(workflow):
+    workflow.run()
+    out = workflow.path / "results" / "data"
+    first = {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {s: v["count"] for s, v in manifest["splits"].items()} == {
+        "sft_train": 200, "rl_train": 50, "id_test": 24, "ood_test": 24
+    }
+    assert manifest["test_multisets_in_training"] == 0
+    assert manifest["splits"]["id_test"]["sha256"] == data.sha256(out / "id_test.jsonl")
+    rows = {s: data.read_jsonl(out / f"{s}.jsonl") for s in SPLITS}
+    train = set().union(*(keys(rows[s]) for s in TRAIN_SPLITS))
+    assert not train & set().union(*(keys(rows[s]) for s in TEST_SPLITS))
+
+    # A completed run schedules nothing.
+    assert workflow.dry_run_jobs() == {}
+
+    # Same seed from scratch: byte-identical splits.
+    shutil.rmtree(workflow.path / "results")
+    workflow.run()
+    assert {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS} == first
+
+    # A changed data setting reruns only the data jobs it touches.
+    changed = workflow.write_config(
+        "changed.yaml",
+        (workflow.path / "config" / "smoke.yaml").read_text().replace("size: 200", "size: 201"),
+    )
+    assert workflow.dry_run_jobs(configfile=changed) == {"data_split": 1, "data_manifest": 1, "all": 1}
+    # Reordering keys reruns nothing.
+    reordered = workflow.write_config(
+        "reordered.yaml",
+        "data:\n  splits:\n"
+        "    ood_test: {seed: 4, size: 24, rule: ood}\n    id_test: {size: 24, rule: id, seed: 3}\n"
+        "    rl_train: {seed: 2, rule: id, size: 50}\n    sft_train: {size: 200, seed: 1, rule: id}\n",
+    )
+    assert workflow.dry_run_jobs(configfile=reordered) == {}
