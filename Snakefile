@@ -16,6 +16,8 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/base.smk"
+include: "rules/sft.smk"
 
 
 rule all:

@@ -26,8 +26,36 @@ def data_slice(split):
     }
 
 
+def pretrain_corpus_slice():
+    p = config["pretrain"]
+    corpus = {k: p[k] for k in ("corpus_size", "mix", "seed")}
+    return {"target": config["game"]["target"], "pretrain": corpus}
+
+
+def base_slice():
+    """What the tiny base model depends on (besides its corpus): size, training, and how it is probed."""
+    return {
+        "game": config["game"],
+        "prompt": config["prompt"],
+        "verify": config["verify"],
+        "tiny": config["model"]["tiny"],
+        "pretrain": config["pretrain"],
+    }
+
+
+SFT_STEPS = sorted(config["sft"]["save_steps"])
+
+
+def sft_slice():
+    return {"game": config["game"], "prompt": config["prompt"], "sft": config["sft"]}
+
+
 def get_final_output():
-    return ["results/data/manifest.json"]
+    return [
+        "results/data/manifest.json",
+        *expand("results/models/sft-{step}", step=SFT_STEPS),
+        "results/tables/sft_log.parquet",
+    ]
 
 
 wildcard_constraints:

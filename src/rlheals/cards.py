@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
-from itertools import combinations
+from itertools import combinations, combinations_with_replacement
 
 from rlheals import formula
 
@@ -50,8 +50,6 @@ class Rule:
 
     def possible_rank_sets(self) -> list[tuple[str, ...]]:
         """Every multiset of ranks this rule's distribution can deal."""
-        from itertools import combinations_with_replacement
-
         sets = combinations_with_replacement(RANKS, HAND_SIZE)
         if self.hand == "face_card":
             return [s for s in sets if any(r in FACES for r in s)]
@@ -62,6 +60,11 @@ class Rule:
         if j == q == k:
             return f"'J', 'Q', and 'K' count as '{j}'"
         return f"'J', 'Q', and 'K' count as '{j}', '{q}', and '{k}' respectively"
+
+
+# Every multiset of 4 card values 1..13, and those the ID rule (faces = 10) can deal.
+ALL_VALUE_MULTISETS = tuple(combinations_with_replacement(range(1, 14), HAND_SIZE))
+ID_VALUE_MULTISETS = tuple(combinations_with_replacement(range(1, 11), HAND_SIZE))
 
 
 def value_key(values: Iterable[int | Fraction]) -> tuple:

@@ -1,0 +1,37 @@
+"""Build the tiny model's tokenizer and model, pretrain it on the synthetic corpus, save it as a Hugging
+Face directory (results/models/base) and report its greedy single-try ID/OOD accuracy."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from rlheals import data, evaluate, models, pretrain, runlog
+from rlheals.verify import Verifier
+
+log = runlog.setup(snakemake.log[0])
+cfg = json.loads(snakemake.params.cfg)
+torch.set_num_threads(snakemake.threads)
+target = cfg["game"]["target"]
+
+tokenizer = models.build_tokenizer(pretrain.vocabulary(target))
+model = models.build_tiny_model(tokenizer, cfg["tiny"], cfg["tiny"]["seed"])
+log.info("tiny model: %d parameters, vocabulary %d", sum(p.numel() for p in model.parameters()), len(tokenizer))
+docs = data.read_jsonl(snakemake.input.corpus)
+texts = pretrain.corpus_texts(docs, tokenizer, cfg["pretrain"]["chat_share"], cfg["pretrain"]["seed"])
+history = pretrain.train_causal_lm(model, tokenizer, texts, cfg["pretrain"], log=log.info)
+
+out = Path(snakemake.output.model)
+tmp = out.with_name(out.name + ".tmp")
+model.save_pretrained(tmp)
+tokenizer.save_pretrained(tmp)
+tmp.rename(out)
+
+rules = data.rules_from_config(cfg["game"])
+verifier = Verifier(target, cfg["prompt"]["format"], cfg["verify"]["strict_format"], cfg["verify"]["rewards"])
+probe = {}
+for path in snakemake.input.tests:
+    rows = data.read_jsonl(path)
+    probe[rows[0]["split"]] = evaluate.quick_accuracy(model, tokenizer, rows, rules, cfg["prompt"]["format"], verifier)
+    log.info("base model on %s (greedy, one try): %s", rows[0]["split"], probe[rows[0]["split"]])
+runlog.write_json_atomic({"history": history, "probe": probe}, snakemake.output.report)

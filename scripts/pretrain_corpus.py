@@ -1,0 +1,27 @@
+"""The tiny model's synthetic pretraining corpus (results/data/pretrain.jsonl) and its leakage check."""
+
+import json
+from collections import Counter
+
+from rlheals import cards, data, pretrain, runlog
+
+log = runlog.setup(snakemake.log[0])
+cfg = json.loads(snakemake.params.cfg)
+target, settings = cfg["target"], cfg["pretrain"]
+test_keys = {cards.value_key(r["values"]) for path in snakemake.input.tests for r in data.read_jsonl(path)}
+docs = pretrain.make_corpus(settings["corpus_size"], target, test_keys, settings["mix"], settings["seed"])
+data.write_jsonl(docs, snakemake.output.corpus)
+leaked = sum(d["kind"] == "numbers_target" and pretrain.doc_key(d) in test_keys for d in docs)
+if leaked:
+    raise RuntimeError(f"{leaked} pretraining documents hold a test hand's value multiset")
+manifest = {
+    "count": len(docs),
+    "by_kind": dict(Counter(d["kind"] for d in docs)),
+    "target": target,
+    "card_puzzles_with_target": sum(d["kind"] == "cards_other" and d["target"] == target for d in docs),
+    "test_value_multisets_banned": len(test_keys),
+    "target_puzzles_with_a_test_multiset": leaked,
+    "sha256": data.sha256(snakemake.output.corpus),
+}
+runlog.write_json_atomic(manifest, snakemake.output.manifest)
+log.info("pretraining corpus: %s", manifest)

@@ -1,0 +1,104 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlheals import cards, data, models, pretrain
+
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "max_positions": 128}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return models.build_tokenizer(pretrain.vocabulary(24))
+
+
+def test_every_prompt_and_target_is_in_the_vocabulary(tokenizer):
+    ood = cards.Rule("ood", (11, 12, 13), "face_card")
+    for values in cards.ALL_VALUE_MULTISETS[::3]:
+        for solution in cards.solve(values)[:2]:
+            ranks = [cards.RANKS[v - 1] for v in values]
+            text = cards.compact_prompt(ranks, ood, 24) + " " + cards.compact_target(ranks, ood, 24, solution)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert tokenizer.unk_token_id not in ids, text
+            # Word-level: decoding gives the text back, token for token.
+            assert tokenizer.decode(ids) == text
+
+
+def test_feedback_turns_are_readable(tokenizer):
+    from rlheals.verify import Verifier
+
+    feedback = Verifier()("11 * 3 = 34 ;", [3, 11, 2, 11]).feedback
+    ids = tokenizer(feedback, add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+
+
+def test_chat_template_prompt_is_a_prefix_of_the_conversation(tokenizer):
+    user = [{"role": "user", "content": "rule J 10 Q 10 K 10 cards cA c2 c3 c4 target 24 =>"}]
+    prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": "1 2 3 4 ;"}])
+    prompt, full = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt), list(full["input_ids"] if hasattr(full, "keys") else full)
+    assert full[: len(prompt)] == prompt
+    assert full[-1] == tokenizer.eos_token_id and full[0] == tokenizer.bos_token_id
+
+
+def test_tiny_model_saves_and_loads_offline(tmp_path, tokenizer):
+    model = models.build_tiny_model(tokenizer, TINY, seed=0)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
+    loaded = models.load_model(tmp_path)
+    assert loaded.config.num_key_value_heads == 2  # grouped-query attention: k/v are not square
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    again = models.load_tokenizer(tmp_path)
+    assert again.padding_side == "left" and again.chat_template == models.CHAT_TEMPLATE
+    # Same seed, same weights.
+    twin = models.build_tiny_model(tokenizer, TINY, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+
+
+def test_local_source_links_a_hugging_face_directory(tmp_path, tokenizer):
+    src = tmp_path / "local-model"
+    models.build_tiny_model(tokenizer, TINY, seed=1).save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    dst = tmp_path / "results" / "base"
+    dst.parent.mkdir()
+    models.import_local_model(src, dst)
+    assert os.path.samefile(src / "model.safetensors", dst / "model.safetensors")  # linked, not copied
+    assert models.load_model(dst).config.hidden_size == 32
+
+
+def test_bad_model_directories_are_named(tmp_path, tokenizer):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.check_model_dir(tmp_path / "nowhere")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(ValueError, match="only safetensors"):
+        models.check_model_dir(pickled)
+    no_config = tmp_path / "no-config"
+    no_config.mkdir()
+    (no_config / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        models.check_model_dir(no_config)
+
+
+def test_pretraining_corpus_never_uses_the_target_with_a_test_multiset():
+    banned = {(1, 2, 3, 4), (3, 3, 8, 8), (2, 3, 11, 11)}
+    docs = pretrain.make_corpus(3000, 24, banned, {"numbers_target": 0.5, "numbers_other": 0.2, "cards_other": 0.3}, 0)
+    shares = {k: sum(d["kind"] == k for d in docs) / len(docs) for k in pretrain.KINDS}
+    assert abs(shares["numbers_target"] - 0.5) < 0.05 and abs(shares["cards_other"] - 0.3) < 0.05
+    for doc in docs:
+        assert doc["target"] != 24 or doc["kind"] == "numbers_target"
+        if doc["kind"] == "numbers_target":
+            assert pretrain.doc_key(doc) not in banned
+        # Every document's answer is a correct solution of its own puzzle.
+        values = [int(v) for v in doc["answer"].split(" ; ")[0].split()]
+        from rlheals.verify import Verifier
+
+        assert Verifier(target=doc["target"])(doc["answer"], values).correct, doc
+    assert pretrain.make_corpus(50, 24, banned, {"numbers_target": 1, "numbers_other": 1, "cards_other": 1}, 3) == \
+        pretrain.make_corpus(50, 24, banned, {"numbers_target": 1, "numbers_other": 1, "cards_other": 1}, 3)

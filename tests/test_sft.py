@@ -1,0 +1,144 @@
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from rlheals import models, pretrain, sft
+
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2, "max_positions": 128}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_freeze_by_pattern_and_layer_range():
+    tok = models.build_tokenizer(["a"])
+    model = models.build_tiny_model(tok, TINY, seed=0)
+    frozen = sft.freeze(model, [{"pattern": r"mlp\.", "layers": [1, 2]}])
+    assert frozen and all(".mlp." in n and (".layers.1." in n or ".layers.2." in n) for n in frozen)
+    assert len(frozen) == 6  # gate, up, down in two layers
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "model.layers.0.mlp.up_proj.weight" in trainable and "model.layers.1.self_attn.q_proj.weight" in trainable
+    with pytest.raises(ValueError, match="matches no parameter"):
+        sft.freeze(model, [{"pattern": "no_such_module"}])
+
+
+def test_loss_table_merges_train_and_heldout_losses():
+    history = [
+        {"step": 0, "eval_id_loss": 2.0, "eval_ood_loss": 2.5},
+        {"step": 2, "loss": 1.5, "learning_rate": 1e-3},
+        {"step": 2, "eval_id_loss": 1.2, "eval_ood_loss": 2.7},
+        {"step": 4, "train_runtime": 1.0},
+    ]
+    rows = sft.loss_table(history)
+    assert rows[0] == {"step": 0, "id_loss": 2.0, "ood_loss": 2.5}
+    assert rows[1] == {"step": 2, "train_loss": 1.5, "lr": 1e-3, "id_loss": 1.2, "ood_loss": 2.7}
+
+
+def models_of(root: Path) -> dict[str, str]:
+    return {p.name: sha256(p / "model.safetensors") for p in sorted(root.glob("sft-*"))}
+
+
+def test_sft_workflow_checkpoints_losses_and_determinism(workflow):
+    workflow.run()
+    root = workflow.path / "results" / "models"
+    first = models_of(root)
+    assert set(first) == {"sft-0", "sft-2", "sft-4", "sft-6"}
+    assert first["sft-0"] == sha256(root / "base" / "model.safetensors")  # step 0 is the base model
+    assert len(set(first.values())) == 4  # every step is a different model
+    for name in first:  # each checkpoint is a loadable Hugging Face directory, offline
+        model = models.load_model(root / name)
+        tok = models.load_tokenizer(root / name)
+        assert model.config.vocab_size == len(tok) and tok.chat_template
+        assert not [p for p in (root / name).iterdir() if p.name.startswith(("optimizer", "rng_state"))]
+    losses = pl.read_parquet(workflow.path / "results" / "tables" / "sft_log.parquet")
+    assert losses["step"].to_list() == [0, 2, 4, 6]
+    assert losses.filter(pl.col("step") > 0)["train_loss"].null_count() == 0
+    assert losses["id_loss"].null_count() == 0 and losses["ood_loss"].null_count() == 0
+    assert not (workflow.path / "results" / "work").exists() or not list((workflow.path / "results" / "work").iterdir())
+
+    # Same config and seed again, from scratch: identical weights, base included.
+    base_sha = sha256(root / "base" / "model.safetensors")
+    import shutil
+
+    shutil.rmtree(root)
+    workflow.run()
+    assert models_of(root) == first and sha256(root / "base" / "model.safetensors") == base_sha
+
+    # Changing an SFT setting reruns SFT only: never the data or the base model.
+    changed = workflow.write_config(
+        "lr.yaml", (workflow.path / "config" / "smoke.yaml").read_text() + "  lr: 1.0e-3\n"
+    )
+    assert workflow.dry_run_jobs(configfile=changed) == {"sft": 1, "all": 1}
+
+
+def test_frozen_weights_stay_bit_identical(workflow):
+    config = workflow.write_config(
+        "frozen.yaml",
+        (workflow.path / "config" / "smoke.yaml").read_text() + '  freeze: [{pattern: "mlp", layers: [0, 0]}]\n',
+    )
+    workflow.run(configfile=config)
+    from safetensors.torch import load_file
+
+    root = workflow.path / "results" / "models"
+    base, last = load_file(root / "base" / "model.safetensors"), load_file(root / "sft-6" / "model.safetensors")
+    for name in base:
+        same = torch.equal(base[name], last[name])
+        assert same == (name.startswith("model.layers.0.mlp.")), name
+
+
+def test_killed_sft_resumes_and_matches_an_uninterrupted_run(workflow):
+    """A real SIGKILL of the whole snakemake process group after a checkpoint, then a rerun."""
+    longer = (workflow.path / "config" / "smoke.yaml").read_text().replace(
+        "  max_steps: 6\n  save_steps: [0, 2, 4, 6]", "  max_steps: 120\n  save_steps: [0, 10, 120]"
+    )
+    config = workflow.write_config("long.yaml", longer)
+    workflow.run(configfile=config)
+    root = workflow.path / "results" / "models"
+    uninterrupted = models_of(root)
+    import shutil
+
+    shutil.rmtree(root / "sft-10")
+    shutil.rmtree(root / "sft-120")
+    (workflow.path / "results" / "tables" / "sft_log.parquet").unlink()
+
+    from conftest import SNAKEMAKE
+
+    log = workflow.path / "kill.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [str(SNAKEMAKE), "--cores", "2", "--configfile", config], cwd=workflow.path,
+            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    work = workflow.path / "results" / "work"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(work.glob("sft-*/models/sft-10")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(work.glob("sft-*/checkpoint-10")), log.read_text()[-2000:]
+    assert not (root / "sft-120").exists()
+
+    rerun = workflow.run("--rerun-incomplete", configfile=config)
+    assert "resuming from" in (workflow.path / "logs" / "sft.log").read_text(), rerun.stderr[-2000:]
+    assert models_of(root) == uninterrupted
+
+
+@pytest.mark.slow
+def test_sft_with_deepspeed_zero2_on_the_cpu(workflow):
+    config = workflow.write_config(
+        "zero2.yaml", (workflow.path / "config" / "smoke.yaml").read_text() + "  deepspeed: zero2\n"
+    )
+    workflow.run(configfile=config)
+    root = workflow.path / "results" / "models"
+    assert "deepspeed enabled: True" in (workflow.path / "logs" / "sft.log").read_text()
+    for step in (0, 2, 4, 6):
+        models.load_model(root / f"sft-{step}")
+    assert models_of(root)["sft-6"] != models_of(root)["sft-0"]
