@@ -28,7 +28,7 @@ def data_slice(split):
 
 def pretrain_corpus_slice():
     p = config["pretrain"]
-    corpus = {k: p[k] for k in ("corpus_size", "mix", "seed")}
+    corpus = {k: p[k] for k in ("corpus_size", "mix", "target_puzzle_sizes", "seed")}
     return {"target": config["game"]["target"], "pretrain": corpus}
 
 

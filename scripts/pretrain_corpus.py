@@ -9,9 +9,11 @@ log = runlog.setup(snakemake.log[0])
 cfg = json.loads(snakemake.params.cfg)
 target, settings = cfg["target"], cfg["pretrain"]
 test_keys = {cards.value_key(r["values"]) for path in snakemake.input.tests for r in data.read_jsonl(path)}
-docs = pretrain.make_corpus(settings["corpus_size"], target, test_keys, settings["mix"], settings["seed"])
+docs = pretrain.make_corpus(
+    settings["corpus_size"], target, test_keys, settings["mix"], settings["seed"], settings["target_puzzle_sizes"]
+)
 data.write_jsonl(docs, snakemake.output.corpus)
-leaked = sum(d["kind"] == "numbers_target" and pretrain.doc_key(d) in test_keys for d in docs)
+leaked = sum(d["target"] == target and pretrain.doc_key(d) in test_keys for d in docs)
 if leaked:
     raise RuntimeError(f"{leaked} pretraining documents hold a test hand's value multiset")
 manifest = {
@@ -19,6 +21,7 @@ manifest = {
     "by_kind": dict(Counter(d["kind"] for d in docs)),
     "target": target,
     "card_puzzles_with_target": sum(d["kind"] == "cards_other" and d["target"] == target for d in docs),
+    "four_number_puzzles_with_target": sum(len(pretrain.doc_key(d)) == 4 for d in docs if d["target"] == target),
     "test_value_multisets_banned": len(test_keys),
     "target_puzzles_with_a_test_multiset": leaked,
     "sha256": data.sha256(snakemake.output.corpus),

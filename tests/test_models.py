@@ -91,6 +91,11 @@ def test_pretraining_corpus_never_uses_the_target_with_a_test_multiset():
     docs = pretrain.make_corpus(3000, 24, banned, {"numbers_target": 0.5, "numbers_other": 0.2, "cards_other": 0.3}, 0)
     shares = {k: sum(d["kind"] == k for d in docs) / len(docs) for k in pretrain.KINDS}
     assert abs(shares["numbers_target"] - 0.5) < 0.05 and abs(shares["cards_other"] - 0.3) < 0.05
+    four = pretrain.make_corpus(400, 24, banned, {"numbers_target": 1, "numbers_other": 0, "cards_other": 0}, 1,
+                                {"two": 0, "three": 0, "four": 1})
+    assert all(len(pretrain.doc_key(d)) == 4 and pretrain.doc_key(d) not in banned for d in four)
+    # By default no 4-number puzzle has the study's target: SFT is where the model first meets the task.
+    assert not [d for d in docs if d["target"] == 24 and len(pretrain.doc_key(d)) == 4]
     for doc in docs:
         assert doc["target"] != 24 or doc["kind"] == "numbers_target"
         if doc["kind"] == "numbers_target":

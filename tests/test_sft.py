@@ -97,7 +97,7 @@ def test_frozen_weights_stay_bit_identical(workflow):
 def test_killed_sft_resumes_and_matches_an_uninterrupted_run(workflow):
     """A real SIGKILL of the whole snakemake process group after a checkpoint, then a rerun."""
     longer = (workflow.path / "config" / "smoke.yaml").read_text().replace(
-        "  max_steps: 6\n  save_steps: [0, 2, 4, 6]", "  max_steps: 120\n  save_steps: [0, 10, 120]"
+        "  max_steps: 6\n  save_steps: [0, 2, 4, 6]\n  logging_steps: 2", "  max_steps: 120\n  save_steps: [0, 10, 120]\n  logging_steps: 40"
     )
     config = workflow.write_config("long.yaml", longer)
     workflow.run(configfile=config)
@@ -126,6 +126,7 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(workflow):
     assert list(work.glob("sft-*/checkpoint-10")), log.read_text()[-2000:]
     assert not (root / "sft-120").exists()
 
+    workflow.run("--unlock", configfile=config)  # what a user does after a kill
     rerun = workflow.run("--rerun-incomplete", configfile=config)
     assert "resuming from" in (workflow.path / "logs" / "sft.log").read_text(), rerun.stderr[-2000:]
     assert models_of(root) == uninterrupted

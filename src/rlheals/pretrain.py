@@ -2,7 +2,10 @@
 before SFT, like a real base LLM, and a plain training loop (nanoGPT-style).
 
 Corpus (never a card puzzle with the study's target; never a test hand's value multiset for that target):
-  - numeric puzzles for the target: `numbers 3 11 2 11 target 24 =>` and steps reaching it;
+  - numeric puzzles for the target: `numbers 3 8 target 24 =>` and steps reaching it; by default of 2 or 3
+    numbers only, so the base model has the pieces of the skill but has never solved a 4-number hand for
+    the target: that is what SFT teaches (with 4-number ones the base model is already good at the task
+    and SFT has little to add, as the prototype in STACK.md found);
   - numeric puzzles for other targets;
   - card puzzles for other targets under random face-card rules, answered by restating the card values
     the written rule gives (`rule J 5 Q 7 K 2 cards cJ c3 ...`) and then steps.
@@ -20,7 +23,7 @@ from rlheals import cards, formula, verify
 
 NUMBER_RANGE = range(-400, 401)
 KINDS = ("numbers_target", "numbers_other", "cards_other")
-SUB_PUZZLE_SHARES = (0.15, 0.35, 0.5)  # numbers_target puzzles of 2, 3 and 4 numbers
+DEFAULT_SIZES = {"two": 0.3, "three": 0.7, "four": 0.0}  # numbers_target puzzles of 2, 3 and 4 numbers
 SUB_PUZZLE_MAX = 40
 
 
@@ -79,8 +82,10 @@ def _steps_answer(values: list[int], solution: str) -> str:
     return " ; ".join(parts) + " ;"
 
 
-def make_corpus(n: int, target: int, banned: set[tuple], mix: Mapping[str, float], seed: int) -> list[dict]:
-    """`n` documents as {kind, prompt, answer}. `banned`: value multisets never used with `target`."""
+def make_corpus(n: int, target: int, banned: set[tuple], mix: Mapping[str, float], seed: int,
+                sizes: Mapping[str, float] = DEFAULT_SIZES) -> list[dict]:
+    """`n` documents as {kind, target, prompt, answer}. `banned`: 4-value multisets never used with
+    `target`. `sizes`: shares of 2-, 3- and 4-number puzzles among the `numbers_target` documents."""
     rng = random.Random(seed)
     target_multisets = [m for m in cards.ALL_VALUE_MULTISETS if cards.can_reach(m, target) and m not in banned]
     kinds, weights = zip(*((k, mix[k]) for k in KINDS))
@@ -89,17 +94,17 @@ def make_corpus(n: int, target: int, banned: set[tuple], mix: Mapping[str, float
         kind = rng.choices(kinds, weights)[0]
         doc = None
         while doc is None:  # redraw within the kind, so the mix weights are the corpus shares
-            doc = _make_doc(rng, kind, target, target_multisets)
+            doc = _make_doc(rng, kind, target, target_multisets, sizes)
         docs.append(doc)
     return docs
 
 
-def _make_doc(rng: random.Random, kind: str, target: int, target_multisets: list) -> dict | None:
+def _make_doc(rng: random.Random, kind: str, target: int, target_multisets: list, sizes: Mapping) -> dict | None:
     """One document of a kind, or None when the random draw does not make a valid one."""
     if kind == "numbers_target":
         # Sub-puzzles of 2 or 3 numbers teach which small sets reach the target: the skill a greedy
         # step-by-step solver needs to pick a good first step on a hand it has never seen.
-        size = rng.choices((2, 3, 4), SUB_PUZZLE_SHARES)[0]
+        size = rng.choices((2, 3, 4), [sizes["two"], sizes["three"], sizes["four"]])[0]
         if size == 4:
             values = list(rng.choice(target_multisets))
         else:
