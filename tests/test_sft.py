@@ -143,3 +143,31 @@ def test_sft_with_deepspeed_zero2_on_the_cpu(workflow):
     for step in (0, 2, 4, 6):
         models.load_model(root / f"sft-{step}")
     assert models_of(root)["sft-6"] != models_of(root)["sft-0"]
+
+
+def test_lean_loss_equals_trls_completion_only_loss(tmp_path):
+    import datasets
+    from trl import SFTTrainer
+
+    from rlheals import cards, data
+
+    rules = {"id": cards.Rule("id", (10, 10, 10))}
+    game = {"target": 24, "rules": {"id": {"face_values": {"J": 10, "Q": 10, "K": 10}}, "ood": {"face_values": {"J": 11, "Q": 12, "K": 13}, "hand": "face_card"}}}
+    split = {"holdout_seed": 0, "holdout_share": 0.25, "splits": {"sft_train": {"rule": "id", "size": 16, "seed": 0},
+             "id_test": {"rule": "id"}, "ood_test": {"rule": "ood"}}}
+    rows = data.make_split("sft_train", game, split)
+    tok = models.build_tokenizer(pretrain.vocabulary(24))
+    model = models.build_tiny_model(tok, TINY, seed=0)
+    settings = {"max_steps": 1, "batch_size": 16, "grad_accum": 1, "lr": 1e-4, "lr_scheduler": "constant",
+                "warmup_ratio": 0.0, "adam_beta1": 0.9, "adam_beta2": 0.98, "adam_epsilon": 1e-7, "weight_decay": 0.0,
+                "max_grad_norm": 1.0, "seed": 0, "logging_steps": 1, "max_length": 128, "bf16": False, "deepspeed": None}
+    dataset = datasets.Dataset.from_list(sft.conversations(rows, rules, "compact"))
+    ours = sft.trainer_class()(model=model, args=sft.training_args(settings, tmp_path, 1, held_out=False), train_dataset=dataset, processing_class=tok)
+    trl = SFTTrainer(model=model, args=sft.training_args(settings, tmp_path, 1, held_out=False), train_dataset=dataset, processing_class=tok)
+    batch = next(iter(ours.get_train_dataloader()))
+    prompt_tokens = (batch["labels"] == -100).sum()
+    assert prompt_tokens > 16 * 10  # the prompt is masked out of the loss
+    with torch.no_grad():
+        a = ours.compute_loss(model, dict(batch))
+        b = trl.compute_loss(model, dict(batch))
+    assert torch.allclose(a, b, rtol=1e-5), (a, b)

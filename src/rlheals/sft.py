@@ -70,8 +70,9 @@ def last_checkpoint(work: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def training_args(settings: Mapping, work: Path, threads: int):
-    """SFTConfig from the `sft` config slice, with flags that are right on a CPU (STACK.md)."""
+def training_args(settings: Mapping, work: Path, threads: int, held_out: bool = True):
+    """SFTConfig from the `sft` config slice, with flags that are right on a CPU (STACK.md). With
+    `held_out`, the held-out sets are evaluated at every logging step."""
     import torch
     from trl import SFTConfig
 
@@ -94,7 +95,7 @@ def training_args(settings: Mapping, work: Path, threads: int):
         seed=settings["seed"],
         data_seed=settings["seed"],
         logging_steps=settings["logging_steps"],
-        eval_strategy="steps",
+        eval_strategy="steps" if held_out else "no",
         eval_steps=settings["logging_steps"],
         save_strategy="no",  # checkpoints at the listed steps only (PublishAtSteps)
         max_length=settings["max_length"],
@@ -111,6 +112,21 @@ def training_args(settings: Mapping, work: Path, threads: int):
         save_only_model=False,
         torch_compile=False,
     )
+
+
+def trainer_class():
+    """TRL's SFTTrainer with the plain causal-LM loss of transformers' Trainer. The collator already masks
+    the prompt (labels -100), so the loss is the same completion-only mean; what is skipped is TRL's fused
+    LM head and its per-step entropy / token-accuracy metrics, which cost ~25% of a step for a small model
+    on a CPU (benchmarks/sft_overhead.py)."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class LeanSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return LeanSFTTrainer
 
 
 def make_callbacks(save_steps: Sequence[int], work: Path, outputs: Mapping[int, Path], log):
@@ -160,7 +176,6 @@ def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings
     """Train, publishing every step in `outputs`; resume from `work` if an earlier run was killed."""
     import datasets
     import torch
-    from trl import SFTTrainer
 
     datasets.disable_progress_bars()  # the job log gets our per-step lines instead
     torch.set_num_threads(threads)
@@ -180,7 +195,7 @@ def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings
     if frozen:
         log(f"frozen: {len(frozen)} tensors ({frozen[0]} ...)")
     n_eval = settings["eval_examples"]
-    trainer = SFTTrainer(
+    trainer = trainer_class()(
         model=model,
         args=training_args(settings, work, threads),
         train_dataset=datasets.Dataset.from_list(conversations(train_rows, rules, fmt)),
