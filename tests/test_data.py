@@ -80,10 +80,12 @@ def test_workflow_data_rule(workflow):
     )
     assert workflow.dry_run_jobs(configfile=changed) == {"data_split": 1, "data_manifest": 1, "sft": 1, "all": 1}
     # Reordering keys reruns nothing.
-    reordered = workflow.write_config(
-        "reordered.yaml",
+    smoke = (workflow.path / "config" / "smoke.yaml").read_text()
+    data_block = smoke[smoke.index("data:"): smoke.index("model:")]
+    reordered_block = (
         "data:\n  splits:\n"
         "    ood_test: {seed: 4, size: 24, rule: ood}\n    id_test: {size: 24, rule: id, seed: 3}\n"
-        "    rl_train: {seed: 2, rule: id, size: 50}\n    sft_train: {size: 200, seed: 1, rule: id}\n",
+        "    rl_train: {seed: 2, rule: id, size: 50}\n    sft_train: {size: 200, seed: 1, rule: id}\n"
     )
+    reordered = workflow.write_config("reordered.yaml", smoke.replace(data_block, reordered_block))
     assert workflow.dry_run_jobs(configfile=reordered) == {}
