@@ -213,7 +213,9 @@ def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings
         f"{sum(p.requires_grad for p in model.parameters())}/{len(list(model.parameters()))}")
     step0 = work / "step0_metrics.json"  # held-out losses of the base model, kept for a resumed run
     if resume is None:
-        step0.write_text(json.dumps({**trainer.evaluate(), "step": 0}))
+        # DeepSpeed (below ZeRO-3) cannot evaluate before its engine exists: no step-0 losses there.
+        metrics = {} if trainer.is_deepspeed_enabled else trainer.evaluate()
+        step0.write_text(json.dumps({**metrics, "step": 0}))
     else:
         log(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
