@@ -50,13 +50,27 @@ def sft_slice():
     return {"game": config["game"], "prompt": config["prompt"], "sft": config["sft"]}
 
 
+def eval_slice():
+    return {
+        "game": config["game"],
+        "prompt": config["prompt"],
+        "verify": config["verify"],
+        "eval": config["eval"],
+    }
+
+
+# Every model of the study is evaluated; model ids name their directories (results/models/{model_id}).
+EVAL_MODELS = ["base", *[f"sft-{step}" for step in SFT_STEPS]]
+
+
 def get_final_output():
     return [
         "results/data/manifest.json",
-        *expand("results/models/sft-{step}", step=SFT_STEPS),
         "results/tables/sft_log.parquet",
+        "results/tables/accuracy.parquet",
     ]
 
 
 wildcard_constraints:
     split="|".join(SPLITS),
+    model_id=r"base|sft-\d+|rl-[a-z_]+-\d+(-s\d+)?(-u\d+)?|edit-[A-Za-z0-9_]+",

@@ -27,11 +27,11 @@ model.save_pretrained(tmp)
 tokenizer.save_pretrained(tmp)
 tmp.rename(out)
 
+# A first look at the base model (one greedy try per hand); the evaluation rule does the full protocol.
 rules = data.rules_from_config(cfg["game"])
 verifier = Verifier(target, cfg["prompt"]["format"], cfg["verify"]["strict_format"], cfg["verify"]["rewards"])
-probe = {}
-for path in snakemake.input.tests:
-    rows = data.read_jsonl(path)
-    probe[rows[0]["split"]] = evaluate.quick_accuracy(model, tokenizer, rows, rules, cfg["prompt"]["format"], verifier)
-    log.info("base model on %s (greedy, one try): %s", rows[0]["split"], probe[rows[0]["split"]])
-runlog.write_json_atomic({"history": history, "probe": probe}, snakemake.output.report)
+rows = [r for path in snakemake.input.tests for r in data.read_jsonl(path)]
+episodes = evaluate.episodes_from_rows(rows, rules, cfg["prompt"]["format"])
+probe = evaluate.summarize(evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=1))
+log.info("base model, one greedy try per hand: %s", probe)
+runlog.write_json_atomic({"history": history, "probe_one_try": probe}, snakemake.output.report)

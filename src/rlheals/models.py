@@ -92,6 +92,14 @@ def check_model_dir(path: str | Path) -> Path:
         raise FileNotFoundError(f"{path} has no *.safetensors weights")
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path / 'config.json'} is missing")
+    from safetensors import SafetensorError, safe_open
+
+    for file in weights:  # reads only the header, which also covers the file's length: truncation shows
+        try:
+            with safe_open(file, "pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{file}: corrupted or truncated safetensors file ({err})") from err
     return path
 
 

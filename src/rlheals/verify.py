@@ -131,7 +131,7 @@ class Verifier:
         self.target = Fraction(target)
         self.fmt = fmt
         self.strict_format = strict_format
-        self.rewards = {**DEFAULT_REWARDS, **(rewards or {})}
+        self.rewards = {k: float(v) for k, v in {**DEFAULT_REWARDS, **(rewards or {})}.items()}
 
     def __call__(self, text: str, values: Sequence[int]) -> Verdict:
         """Classify an answer for a hand whose card values (under its rule) are `values`."""

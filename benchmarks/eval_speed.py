@@ -1,0 +1,98 @@
+"""The evaluation engine vs the anchors' way, on the same model and episodes, in one run.
+
+Ours: all episodes advance together in batches. The anchors' way (the public code): one episode at a
+time, one `generate` call per try. Under greedy decoding both must give identical answers; prints the
+speed ratio (must be at least 20x) and the evaluation process's start-up time.
+
+    .venv/bin/python benchmarks/eval_speed.py [--model results/models/sft-600] [--episodes 256] [--turns 5]
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def startup_seconds(model_dir: str) -> tuple[float, bool]:
+    """Seconds for a fresh process to import what the evaluation script imports and load the model, and
+    whether trl was imported on the way."""
+    code = (
+        "import time, sys; t = time.time(); import polars, torch; "
+        "from rlheals import data, evaluate, models, runlog; from rlheals.verify import Verifier; "
+        f"models.load_model({model_dir!r}); models.load_tokenizer({model_dir!r}); "
+        "print(time.time() - t, 'trl' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
+    return float(out[0]), out[1] == "True"
+
+
+def anchors_way(model, tokenizer, episodes, verifier, turns, decoding):
+    """One episode at a time, `generate` per try (how the public code evaluates)."""
+    from rlheals import evaluate
+
+    results = []
+    for e in episodes:
+        chat, tries = [{"role": "user", "content": e.prompt}], []
+        for _ in range(turns):
+            answer = evaluate.generate(model, tokenizer, [chat], decoding, batch_size=1)[0]
+            verdict = verifier(answer, e.values)
+            tries.append((answer, verdict))
+            if verdict.correct:
+                break
+            chat = chat + [{"role": "assistant", "content": answer}, {"role": "user", "content": verdict.feedback}]
+        results.append(evaluate._row(e, tries))
+    return results
+
+
+def main() -> int:
+    import torch
+    import yaml
+
+    from rlheals import data, evaluate, models
+    from rlheals.verify import Verifier
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    last = max(cfg["sft"]["save_steps"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / f"results/models/sft-{last}"))
+    parser.add_argument("--episodes", type=int, default=256)
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    startup, imported_trl = startup_seconds(args.model)
+    model, tokenizer = models.load_model(args.model, dtype=torch.float32), models.load_tokenizer(args.model)
+    rules = data.rules_from_config(cfg["game"])
+    half = args.episodes // 2
+    rows = [*data.read_jsonl(ROOT / "results/data/id_test.jsonl")[:half],
+            *data.read_jsonl(ROOT / "results/data/ood_test.jsonl")[: args.episodes - half]]
+    episodes = evaluate.episodes_from_rows(rows, rules, cfg["prompt"]["format"])
+    verifier = Verifier(cfg["game"]["target"], cfg["prompt"]["format"])
+    decoding = evaluate.Decoding(max_new_tokens=cfg["eval"]["max_new_tokens"])
+
+    t = time.perf_counter()
+    ours = evaluate.run_episodes(model, tokenizer, episodes, verifier, args.turns, decoding, batch_size=256)
+    t_ours = time.perf_counter() - t
+    t = time.perf_counter()
+    theirs = anchors_way(model, tokenizer, episodes, verifier, args.turns, decoding)
+    t_theirs = time.perf_counter() - t
+
+    same = ours == theirs
+    differing = sum(a != b for a, b in zip(ours, theirs))
+    tries = sum(r["tries"] for r in ours)
+    print(f"model {args.model}: {len(episodes)} episodes x up to {args.turns} tries ({tries} generations), {args.threads} threads")
+    print(f"ours (batched):           {t_ours:7.2f} s")
+    print(f"anchors (one at a time):  {t_theirs:7.2f} s")
+    print(f"speed-up: {t_theirs / t_ours:.1f}x (floor 20x); identical results: {same} ({differing} episodes differ)")
+    print(f"evaluation start-up (imports + model load, fresh process): {startup:.2f} s (limit 5 s); trl imported: {imported_trl}")
+    print("summary:", evaluate.summarize(ours))
+    return 0 if same and t_theirs / t_ours >= 20 and startup < 5 and not imported_trl else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Evaluate one model (results/models/{model_id}) on the ID and OOD test episodes: one row per episode."""
+
+import json
+import os
+import time
+
+start = time.time()
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+
+from rlheals import data, evaluate, models, runlog  # noqa: E402
+from rlheals.verify import Verifier  # noqa: E402
+
+log = runlog.setup(snakemake.log[0])
+cfg = json.loads(snakemake.params.cfg)
+settings, fmt = cfg["eval"], cfg["prompt"]["format"]
+torch.set_num_threads(snakemake.threads)
+model_id = snakemake.wildcards.model_id
+model = models.load_model(snakemake.input.model, dtype=torch.float32)
+tokenizer = models.load_tokenizer(snakemake.input.model)
+log.info("%s loaded in %.1f s since start", model_id, time.time() - start)
+
+rules = data.rules_from_config(cfg["game"])
+rows = [r for path in snakemake.input.tests for r in data.read_jsonl(path)[: settings["episodes"]]]
+verifier = Verifier(cfg["game"]["target"], fmt, cfg["verify"]["strict_format"], cfg["verify"]["rewards"])
+decoding = evaluate.Decoding(settings["do_sample"], settings["temperature"], settings["top_p"], settings["seed"],
+                             settings["max_new_tokens"])
+results = evaluate.run_episodes(model, tokenizer, evaluate.episodes_from_rows(rows, rules, fmt), verifier,
+                                settings["verify_turns"], decoding, settings["batch_size"], log=log.info)
+table = pl.DataFrame(results).with_columns(pl.lit(model_id).alias("model_id"))
+tmp = snakemake.output[0] + ".tmp"
+table.write_parquet(tmp)
+os.replace(tmp, snakemake.output[0])
+log.info("%s: %s (%.1f s)", model_id, evaluate.summarize(results), time.time() - start)

@@ -1,0 +1,41 @@
+"""Result tables (polars): what each model id is, and the accuracy of every model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import polars as pl
+
+from rlheals import evaluate
+
+_MODEL_ID = re.compile(
+    r"(?P<stage>base)$|(?P<sft>sft)-(?P<sft_step>\d+)$"
+    r"|rl-(?P<algo>[a-z_]+)-(?P<rl_from>\d+)(?:-s(?P<seed>\d+))?(?:-u(?P<update>\d+))?$|edit-(?P<edit>\w+)$"
+)
+
+
+def parse_model_id(model_id: str) -> dict:
+    """base | sft-{step} | rl-{algo}-{sft step}[-s{seed}][-u{update}] | edit-{name} -> its fields."""
+    m = _MODEL_ID.match(model_id)
+    if m is None:
+        raise ValueError(f"not a model id: {model_id!r}")
+    g = m.groupdict()
+    if g["stage"]:
+        return {"stage": "base", "algo": None, "sft_step": 0, "rl_update": None, "seed": None}
+    if g["sft"]:
+        return {"stage": "sft", "algo": None, "sft_step": int(g["sft_step"]), "rl_update": None, "seed": None}
+    if g["algo"]:
+        return {"stage": "rl", "algo": g["algo"], "sft_step": int(g["rl_from"]),
+                "rl_update": int(g["update"]) if g["update"] else None, "seed": int(g["seed"]) if g["seed"] else None}
+    return {"stage": "edit", "algo": g["edit"], "sft_step": None, "rl_update": None, "seed": None}
+
+
+def accuracy_table(episodes: Mapping[str, Sequence[Mapping]]) -> pl.DataFrame:
+    """One row per (model, rule): accuracy with its 95% Wilson interval, pass@1, format errors, value mapping."""
+    rows = []
+    for model_id, results in episodes.items():
+        for rule, summary in evaluate.summarize(results).items():
+            rows.append({"model_id": model_id, **parse_model_id(model_id), "rule": rule, **summary})
+    schema = {"sft_step": pl.Int64, "rl_update": pl.Int64, "seed": pl.Int64, "algo": pl.String}
+    return pl.DataFrame(rows, schema_overrides=schema).sort("stage", "sft_step", "model_id", "rule")
