@@ -20,7 +20,7 @@ class Workflow:
             (shutil.copytree if src.is_dir() else shutil.copy)(src, path / part)
 
     def run(self, *args, configfile="config/smoke.yaml", check=True) -> subprocess.CompletedProcess:
-        cmd = [str(SNAKEMAKE), "--cores", "2", "--configfile", configfile, *args]
+        cmd = [str(SNAKEMAKE), *args, "--cores", "2", "--configfile", configfile]  # targets before --configfile (nargs="+")
         proc = subprocess.run(cmd, cwd=self.path, capture_output=True, text=True)
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -17,7 +17,13 @@ def setup(log_path: str | Path, name: str = "rlheals") -> logging.Logger:
         handlers=[logging.FileHandler(log_path, mode="w"), logging.StreamHandler(sys.stderr)],
         force=True,
     )
-    return logging.getLogger(name)
+    logger = logging.getLogger(name)
+
+    def log_uncaught(kind, err, tb):  # the job's log names what failed, not only snakemake's stderr
+        logger.error("failed: %s: %s", kind.__name__, err, exc_info=(kind, err, tb))
+
+    sys.excepthook = log_uncaught
+    return logger
 
 
 def write_json_atomic(obj, path: str | Path) -> None:

@@ -1,0 +1,137 @@
+import hashlib
+import shutil
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+import torch
+
+from rlheals import cards, data, evaluate, models, pretrain, tables
+from rlheals.verify import Verifier
+
+GAME = {"target": 24, "rules": {"id": {"face_values": {"J": 10, "Q": 10, "K": 10}, "hand": "uniform"},
+                                "ood": {"face_values": {"J": 11, "Q": 12, "K": 13}, "hand": "face_card"}}}
+DATA = {"holdout_seed": 0, "holdout_share": 0.25, "splits": {
+    "id_test": {"rule": "id", "size": 12, "seed": 3}, "ood_test": {"rule": "ood", "size": 12, "seed": 4},
+    "sft_train": {"rule": "id", "size": 1, "seed": 1}, "rl_train": {"rule": "id", "size": 1, "seed": 2}}}
+
+
+class ScriptedModel(torch.nn.Module):
+    """Stands in for a causal LM: `generate` appends an answer computed from the prompt text. Used to
+    check the engine's bookkeeping with answers whose verdict is known."""
+
+    def __init__(self, tokenizer, answer_for):
+        super().__init__()
+        self.tokenizer, self.answer_for = tokenizer, answer_for
+        self.calls = 0
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+        self.calls += 1
+        texts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+        answers = [self.tokenizer(self.answer_for(t) + " </s>", add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(map(len, answers))
+        pad = self.tokenizer.pad_token_id
+        new = torch.tensor([a + [pad] * (width - len(a)) for a in answers])
+        return torch.cat([input_ids, new], dim=1)
+
+
+def solve_from_prompt(text: str) -> str:
+    """A perfect player: reads the last prompt's rule and cards, answers with a solver solution."""
+    words = text[text.rindex("rule J"):].split()
+    j, q, k = int(words[2]), int(words[4]), int(words[6])
+    hand = [w[1:] for w in words[words.index("cards") + 1 : words.index("target")]]
+    rule = cards.Rule("prompted", (j, q, k))
+    return cards.compact_target(hand, rule, 24, cards.solve(rule.values(hand))[0])
+
+
+@pytest.fixture(scope="module")
+def setting():
+    tokenizer = models.build_tokenizer(pretrain.vocabulary(24))
+    rules = data.rules_from_config(GAME)
+    rows = data.make_split("id_test", GAME, DATA) + data.make_split("ood_test", GAME, DATA)
+    return tokenizer, evaluate.episodes_from_rows(rows, rules, "compact")
+
+
+def test_a_perfect_player_scores_100_percent(setting):
+    tokenizer, episodes = setting
+    model = ScriptedModel(tokenizer, solve_from_prompt)
+    rows = evaluate.run_episodes(model, tokenizer, episodes, Verifier(), turns=5, batch_size=5)
+    assert all(r["correct"] and r["tries"] == 1 and r["value_mapping"] for r in rows)
+    summary = evaluate.summarize(rows)
+    assert summary["id"]["accuracy"] == summary["ood"]["accuracy"] == 1.0
+    assert summary["ood"]["pass_at_1"] == 1.0 and summary["ood"]["format_error_rate"] == 0.0
+    assert model.calls == 5  # 24 episodes in batches of 5, all solved at the first try
+
+
+def test_garbage_scores_zero_and_uses_every_try(setting):
+    tokenizer, episodes = setting
+    model = ScriptedModel(tokenizer, lambda text: "banana ; +")
+    rows = evaluate.run_episodes(model, tokenizer, episodes, Verifier(), turns=5, batch_size=64)
+    assert not any(r["correct"] for r in rows)
+    assert all(r["tries"] == 5 and len(r["answers"]) == 5 and r["format_error"] for r in rows)
+    assert evaluate.summarize(rows)["id"]["accuracy"] == 0.0
+
+
+def test_feedback_reaches_the_next_turn(setting):
+    """A player that fails once, then reads the feedback turn and answers correctly: solved at try 2."""
+    tokenizer, episodes = setting
+    model = ScriptedModel(tokenizer, lambda t: solve_from_prompt(t) if "failed this trial" in t else "1 + 1 = 2 ;")
+    rows = evaluate.run_episodes(model, tokenizer, episodes, Verifier(), turns=5)
+    assert all(r["correct"] and r["tries"] == 2 and not r["first_correct"] for r in rows)
+    summary = evaluate.summarize(rows)["id"]
+    assert summary["accuracy"] == 1.0 and summary["pass_at_1"] == 0.0
+
+
+def test_wilson_interval():
+    low, high = evaluate.wilson(50, 100)
+    assert abs(low - 0.4038) < 1e-3 and abs(high - 0.5962) < 1e-3
+    assert evaluate.wilson(0, 20)[0] == 0.0 and evaluate.wilson(20, 20)[1] == 1.0
+
+
+def test_model_ids_and_accuracy_table():
+    assert tables.parse_model_id("sft-120") == {"stage": "sft", "algo": None, "sft_step": 120, "rl_update": None, "seed": None}
+    assert tables.parse_model_id("rl-grpo-100-s1-u30") == {"stage": "rl", "algo": "grpo", "sft_step": 100, "rl_update": 30, "seed": 1}
+    with pytest.raises(ValueError, match="not a model id"):
+        tables.parse_model_id("sft_120")
+    row = {"rule": "ood", "correct": True, "first_correct": False, "format_error": False, "value_mapping": True, "tries": 2}
+    table = tables.accuracy_table({"base": [row, {**row, "correct": False}], "sft-10": [row]})
+    assert table.height == 2 and table.filter(pl.col("model_id") == "base")["accuracy"].item() == 0.5
+
+
+def test_evaluation_rule_is_deterministic_and_refuses_broken_models(workflow):
+    workflow.run("results/eval/sft-6.parquet", "results/eval/sft-2.parquet")
+    out = workflow.path / "results" / "eval" / "sft-6.parquet"
+    first = hashlib.sha256(out.read_bytes()).hexdigest()
+    table = pl.read_parquet(out)
+    assert table.height == 48 and set(table["rule"]) == {"id", "ood"}  # 24 episodes per rule (smoke)
+    assert table["tries"].max() <= 5
+    out.unlink()
+    workflow.run("results/eval/sft-6.parquet")
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == first  # greedy twice: identical parquet
+    log = (workflow.path / "logs" / "eval" / "sft-6.log").read_text()
+    assert "loaded in" in log
+
+    # A truncated weights file: the job fails naming the file and writes no result.
+    weights = workflow.path / "results" / "models" / "sft-4" / "model.safetensors"
+    data_bytes = weights.read_bytes()
+    weights.unlink()  # the file may be a hard link shared with the work copy: replace, do not edit in place
+    weights.write_bytes(data_bytes[: len(data_bytes) // 2])
+    proc = workflow.run("results/eval/sft-4.parquet", check=False)
+    assert proc.returncode != 0
+    assert "sft-4/model.safetensors: corrupted or truncated" in (workflow.path / "logs" / "eval" / "sft-4.log").read_text()
+    assert not (workflow.path / "results" / "eval" / "sft-4.parquet").exists()
+    # A missing model directory: named too.
+    shutil.rmtree(workflow.path / "results" / "models" / "sft-4")
+    models_missing = subprocess.run(
+        [sys.executable, "-c", "from rlheals import models; models.load_model('results/models/sft-4')"],
+        cwd=workflow.path, capture_output=True, text=True,
+    )
+    assert "results/models/sft-4 does not exist" in models_missing.stderr
+
+
+def test_evaluation_imports_no_trainer_code(workflow):
+    code = ("import sys, polars, torch; from rlheals import data, evaluate, models, runlog, tables; "
+            "from rlheals.verify import Verifier; print('trl' in sys.modules, 'deepspeed' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
