@@ -68,15 +68,16 @@ def test_sft_workflow_checkpoints_losses_and_determinism(workflow):
     base_sha = sha256(root / "base" / "model.safetensors")
     import shutil
 
-    shutil.rmtree(root)
+    shutil.rmtree(workflow.path / "results")
     workflow.run()
     assert models_of(root) == first and sha256(root / "base" / "model.safetensors") == base_sha
 
-    # Changing an SFT setting reruns SFT only: never the data or the base model.
+    # Changing an SFT setting reruns SFT and what depends on it (the evaluation of its checkpoints),
+    # never the data, the base model or the base model's evaluation.
     changed = workflow.write_config(
         "lr.yaml", (workflow.path / "config" / "smoke.yaml").read_text() + "  lr: 1.0e-3\n"
     )
-    assert workflow.dry_run_jobs(configfile=changed) == {"sft": 1, "all": 1}
+    assert workflow.dry_run_jobs(configfile=changed) == {"sft": 1, "evaluate": 4, "accuracy_table": 1, "all": 1}
 
 
 def test_frozen_weights_stay_bit_identical(workflow):

@@ -133,7 +133,7 @@ def link_or_copy_tree(src: str | Path, dst: str | Path) -> None:
     src, dst = Path(src), Path(dst)
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, copy_function=link_or_copy_file)
+    shutil.copytree(src, tmp, copy_function=link_or_copy_file, ignore=shutil.ignore_patterns(".*"))
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
 

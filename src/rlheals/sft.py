@@ -59,7 +59,9 @@ def publish(src_dir: Path, dst: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for path in src_dir.iterdir():
-        if path.is_file() and not TRAINING_STATE.fullmatch(path.name):
+        # Dotfiles are snakemake's (.snakemake_timestamp): a shared link would make one output's
+        # timestamp move another's.
+        if path.is_file() and not path.name.startswith(".") and not TRAINING_STATE.fullmatch(path.name):
             models.link_or_copy_file(path, tmp / path.name)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
