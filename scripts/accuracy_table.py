@@ -9,9 +9,8 @@ from rlheals import runlog, tables
 log = runlog.setup(snakemake.log[0])
 episodes = {Path(p).stem: pl.read_parquet(p).to_dicts() for p in snakemake.input}
 table = tables.accuracy_table(episodes)
-for path, write in ((snakemake.output.parquet, table.write_parquet), (snakemake.output.csv, table.write_csv)):
-    write(path + ".tmp")
-    Path(path + ".tmp").replace(path)
+runlog.write_atomic(snakemake.output.parquet, table.write_parquet)
+runlog.write_atomic(snakemake.output.csv, table.write_csv)
 with pl.Config(tbl_rows=100, tbl_cols=12):
     log.info("%s", table.select("model_id", "rule", "accuracy", "accuracy_low", "accuracy_high", "pass_at_1",
                                 "format_error_rate", "value_mapping_accuracy"))

@@ -1,7 +1,6 @@
 """Evaluate one model (results/models/{model_id}) on the ID and OOD test episodes: one row per episode."""
 
 import json
-import os
 import time
 
 start = time.time()
@@ -28,7 +27,5 @@ decoding = evaluate.Decoding(settings["do_sample"], settings["temperature"], set
 results = evaluate.run_episodes(model, tokenizer, evaluate.episodes_from_rows(rows, rules, fmt), verifier,
                                 settings["verify_turns"], decoding, settings["batch_size"], log=log.info)
 table = pl.DataFrame(results).with_columns(pl.lit(model_id).alias("model_id"))
-tmp = snakemake.output[0] + ".tmp"
-table.write_parquet(tmp)
-os.replace(tmp, snakemake.output[0])
+runlog.write_atomic(snakemake.output[0], table.write_parquet)
 log.info("%s: %s (%.1f s)", model_id, evaluate.summarize(results), time.time() - start)

@@ -32,8 +32,6 @@ losses = sft.run(
     log=log.info,
 )
 table = pl.DataFrame(losses)
-tmp = Path(snakemake.output.losses + ".tmp")
-table.write_parquet(tmp)
-tmp.replace(snakemake.output.losses)
+runlog.write_atomic(snakemake.output.losses, table.write_parquet)
 shutil.rmtree(work)
 log.info("SFT done: %d logged steps; last: %s", table.height, losses[-1])

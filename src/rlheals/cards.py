@@ -255,12 +255,17 @@ def paper_target(cards: list[str], rule: Rule, target: int, solution: str) -> st
     return json.dumps(answer)
 
 
-def compact_target(cards: list[str], rule: Rule, target: int, solution: str) -> str:
-    """Card values restated (the rule applied), then the solution as steps: `3 11 2 11 ; 11 * 3 = 33 ; ...`"""
-    parts = [" ".join(str(v) for v in rule.values(cards))]
+def steps_answer(values: Iterable[int], solution: str) -> str:
+    """The values restated, then the solution as steps: `3 11 2 11 ; 11 * 3 = 33 ; 33 - 11 = 22 ; ...`"""
+    parts = [" ".join(str(v) for v in values)]
     for a, op, b, c in formula.steps(formula.parse(solution)):
         parts.append(f"{formula.fmt_number(a)} {op} {formula.fmt_number(b)} = {formula.fmt_number(c)}")
     return " ; ".join(parts) + " ;"
+
+
+def compact_target(cards: list[str], rule: Rule, target: int, solution: str) -> str:
+    """The card values the rule gives, restated, then the solution as steps."""
+    return steps_answer(rule.values(cards), solution)
 
 
 def render_prompt(fmt: str, cards: list[str], rule: Rule, target: int) -> str:

@@ -9,7 +9,7 @@ import random
 from collections.abc import Mapping
 from pathlib import Path
 
-from rlheals import cards
+from rlheals import cards, runlog
 
 TEST_SPLITS = ("id_test", "ood_test")
 TRAIN_SPLITS = ("sft_train", "rl_train")
@@ -79,13 +79,8 @@ def make_split(split: str, game: Mapping, data: Mapping) -> list[dict]:
 
 def write_jsonl(rows: list[dict], path: str | Path) -> None:
     """Write rows atomically: a killed job leaves no file that looks complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
-    tmp.replace(path)
+    text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    runlog.write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

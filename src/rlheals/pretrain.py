@@ -75,13 +75,6 @@ def _random_solution(rng: random.Random, values: list[int]) -> tuple[str, Fracti
     return items[0][0], items[0][2]
 
 
-def _steps_answer(values: list[int], solution: str) -> str:
-    parts = [" ".join(map(str, values))]
-    for a, op, b, c in formula.steps(formula.parse(solution)):
-        parts.append(f"{formula.fmt_number(a)} {op} {formula.fmt_number(b)} = {formula.fmt_number(c)}")
-    return " ; ".join(parts) + " ;"
-
-
 def make_corpus(n: int, target: int, banned: set[tuple], mix: Mapping[str, float], seed: int,
                 sizes: Mapping[str, float] = DEFAULT_SIZES) -> list[dict]:
     """`n` documents as {kind, target, prompt, answer}. `banned`: 4-value multisets never used with
@@ -116,7 +109,7 @@ def _make_doc(rng: random.Random, kind: str, target: int, target_multisets: list
         if not plain:
             return None
         prompt = f"numbers {' '.join(map(str, values))} target {target} =>"
-        return {"kind": kind, "target": target, "prompt": prompt, "answer": _steps_answer(values, rng.choice(plain))}
+        return {"kind": kind, "target": target, "prompt": prompt, "answer": cards.steps_answer(values, rng.choice(plain))}
     if kind == "numbers_other":
         values = [rng.randint(1, 13) for _ in range(4)]
         prompt_of = lambda t: f"numbers {' '.join(map(str, values))} target {t} =>"  # noqa: E731
@@ -129,7 +122,7 @@ def _make_doc(rng: random.Random, kind: str, target: int, target_multisets: list
     if found is None or found[1] == target or not 1 <= found[1] <= 99:
         return None
     value = int(found[1])
-    return {"kind": kind, "target": value, "prompt": prompt_of(value), "answer": _steps_answer(values, found[0])}
+    return {"kind": kind, "target": value, "prompt": prompt_of(value), "answer": cards.steps_answer(values, found[0])}
 
 
 def corpus_texts(docs: Iterable[dict], tokenizer, chat_share: float, seed: int) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -26,10 +27,14 @@ def setup(log_path: str | Path, name: str = "rlheals") -> logging.Logger:
     return logger
 
 
-def write_json_atomic(obj, path: str | Path) -> None:
-    """Write, then rename: a killed job never leaves a file that looks complete."""
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` then rename to `path`: a killed job never leaves a file that looks complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write(tmp)
     tmp.replace(path)
+
+
+def write_json_atomic(obj, path: str | Path) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
