@@ -62,9 +62,8 @@ class Rule:
         return f"'J', 'Q', and 'K' count as '{j}', '{q}', and '{k}' respectively"
 
 
-# Every multiset of 4 card values 1..13, and those the ID rule (faces = 10) can deal.
+# Every multiset of 4 card values 1..13.
 ALL_VALUE_MULTISETS = tuple(combinations_with_replacement(range(1, 14), HAND_SIZE))
-ID_VALUE_MULTISETS = tuple(combinations_with_replacement(range(1, 11), HAND_SIZE))
 
 
 def value_key(values: Iterable[int | Fraction]) -> tuple:
@@ -220,9 +219,6 @@ def is_plain(solution: str) -> bool:
 
 
 # ----- prompts and targets ------------------------------------------------------------------------------
-
-PROMPT_FORMATS = ("compact", "paper")
-
 
 def paper_prompt(cards: list[str], rule: Rule, target: int) -> str:
     """The paper's single-turn prompt (text version of GeneralPoints), asking for a JSON answer."""

@@ -15,7 +15,7 @@ MAX_DIGITS = 9
 
 OPERATORS = "+-*/"
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
-_ATOM = 3
+ATOM = 3  # precedence of a number: never needs brackets
 
 
 class FormulaError(ValueError):
@@ -186,15 +186,3 @@ def join(left: tuple[str, int], op: str, right: tuple[str, int]) -> tuple[str, i
     if rprec < prec or (rprec == prec and op in "-/"):
         rtext = f"({rtext})"
     return f"{ltext}{op}{rtext}", prec
-
-
-def to_text(node: Node) -> str:
-    def walk(n: Node) -> tuple[str, int]:
-        if isinstance(n, Num):
-            return fmt_number(n.value), _ATOM
-        return join(walk(n.left), n.op, walk(n.right))
-
-    return walk(node)[0]
-
-
-ATOM = _ATOM

@@ -23,7 +23,6 @@ CHAT_TEMPLATE = (
     "{% else %}<assistant> {{ m['content'] }} {{ eos_token }} {% endif %}"
     "{% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}"
 )
-REQUIRED_FILES = ("config.json", "model.safetensors")
 
 
 def build_tokenizer(words: Iterable[str]):
