@@ -30,24 +30,6 @@ def startup_seconds(model_dir: str) -> tuple[float, bool]:
     return float(out[0]), out[1] == "True"
 
 
-def anchors_way(model, tokenizer, episodes, verifier, turns, decoding):
-    """One episode at a time, `generate` per try (how the public code evaluates)."""
-    from rlheals import evaluate
-
-    results = []
-    for e in episodes:
-        chat, tries = [{"role": "user", "content": e.prompt}], []
-        for _ in range(turns):
-            answer = evaluate.generate(model, tokenizer, [chat], decoding, batch_size=1)[0]
-            verdict = verifier(answer, e.values)
-            tries.append((answer, verdict))
-            if verdict.correct:
-                break
-            chat = chat + [{"role": "assistant", "content": answer}, {"role": "user", "content": verdict.feedback}]
-        results.append(evaluate._row(e, tries))
-    return results
-
-
 def main() -> int:
     import torch
     import yaml
@@ -79,7 +61,7 @@ def main() -> int:
     ours = evaluate.run_episodes(model, tokenizer, episodes, verifier, args.turns, decoding, batch_size=256)
     t_ours = time.perf_counter() - t
     t = time.perf_counter()
-    theirs = anchors_way(model, tokenizer, episodes, verifier, args.turns, decoding)
+    theirs = evaluate.run_episodes_one_at_a_time(model, tokenizer, episodes, verifier, args.turns, decoding)
     t_theirs = time.perf_counter() - t
 
     same = ours == theirs

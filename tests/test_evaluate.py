@@ -1,3 +1,4 @@
+import collections
 import hashlib
 import shutil
 import subprocess
@@ -81,6 +82,28 @@ def test_feedback_reaches_the_next_turn(setting):
     assert all(r["correct"] and r["tries"] == 2 and not r["first_correct"] for r in rows)
     summary = evaluate.summarize(rows)["id"]
     assert summary["accuracy"] == 1.0 and summary["pass_at_1"] == 0.0
+
+
+def test_cached_batches_match_one_episode_at_a_time(setting):
+    """The engine keeps each batch's KV cache across tries; under greedy decoding it must answer exactly
+    as a fresh `generate` per try on the whole conversation. A random model's answers rarely survive
+    decode-then-re-encode (padding tokens, no end of turn), which exercises the cache rollback too."""
+    tokenizer, episodes = setting
+    model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                                                "num_heads": 2, "num_kv_heads": 1, "max_positions": 512}, seed=0)
+    decoding = evaluate.Decoding(max_new_tokens=6)
+    verifier = Verifier()
+    # Make the model emit <unk> where it would emit its favourite word: decoding drops <unk>, so the
+    # re-encoded conversation diverges from the cached tokens and the engine must roll the cache back.
+    answers = evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=1, decoding=decoding)
+    favourite = collections.Counter(w for r in answers for w in r["answers"][0].split()).most_common(1)[0][0]
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head[tokenizer.unk_token_id] = 2 * head[tokenizer.convert_tokens_to_ids(favourite)]
+    batched = evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=3, decoding=decoding, batch_size=7)
+    reference = evaluate.run_episodes_one_at_a_time(model, tokenizer, episodes, verifier, turns=3, decoding=decoding)
+    assert batched == reference
+    assert all(r["tries"] == 3 for r in batched)  # nothing solved: every try went through the cache
 
 
 def test_wilson_interval():

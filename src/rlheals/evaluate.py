@@ -2,11 +2,10 @@
 episodes advancing together in batches.
 
 An episode is one test hand: the model answers; if the verifier rejects the answer, its feedback ("You
-failed this trial because ...") becomes the next user turn, up to `turns` tries. All episodes of a model
-are generated together (left padding, KV cache inside `generate`, each stopping at its end-of-turn
-token); an episode leaves the batch when it is solved. Each turn re-reads its conversation in one prefill
-pass: with left padding the previous turns cannot be extended in place, and for answers of ~30 tokens
-the prefill is a small share of the decoding time."""
+failed this trial because ...") becomes the next user turn, up to `turns` tries. A batch of episodes is
+played turn by turn through transformers' `generate` (left padding, each row stopping at its end-of-turn
+token) with one KV cache kept across turns: a new turn feeds only the tokens the cache does not hold yet
+(the feedback turn), and a solved episode leaves the batch and its cache rows."""
 
 from __future__ import annotations
 
@@ -51,55 +50,139 @@ class Decoding:
         return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": None}
 
 
-def generate(model, tokenizer, conversations: Sequence[list[dict]], decoding: Decoding, batch_size: int) -> list[str]:
-    """One assistant turn for each conversation, in batches of `batch_size` (left-padded)."""
-    import torch
+def encode(tokenizer, conversation: list[dict]) -> list[int]:
+    """The token ids of a conversation up to the next assistant turn, exactly as a one-at-a-time
+    evaluation would build them (template text, then the tokenizer)."""
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    # Similar lengths together: less padding. Results go back in the original order.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    answers: list[str] = [""] * len(texts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+
+class _Batch:
+    """Conversations advancing together through `generate`, keeping their KV cache between turns.
+
+    `tokens`/`mask` mirror the cache's columns: left padding, and holes (mask 0) where a row's cached
+    tokens were abandoned. Each turn appends, per row, only the part of the re-encoded conversation that
+    the cache does not already hold (longest common prefix), so earlier turns are never recomputed;
+    positions come from the mask, so holes and padding do not shift them."""
+
+    def __init__(self, model, tokenizer, decoding: Decoding):
+        import torch
+        from transformers import DynamicCache
+
+        self.model, self.tokenizer, self.decoding = model, tokenizer, decoding
+        self.cache = DynamicCache()
+        self.tokens = torch.empty((0, 0), dtype=torch.long)
+        self.mask = torch.empty((0, 0), dtype=torch.long)
+
+    def turn(self, conversations_ids: Sequence[list[int]]) -> list[str]:
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        if self.tokens.shape[0] == 0:
+            self.tokens = torch.empty((len(conversations_ids), 0), dtype=torch.long)
+            self.mask = torch.empty_like(self.tokens)
+        suffixes = [self._reuse(row, ids) for row, ids in enumerate(conversations_ids)]
+        width = max(map(len, suffixes))
+        chunk = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes], dtype=torch.long)
+        chunk_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], dtype=torch.long)
+        tokens, mask = torch.cat([self.tokens, chunk], 1), torch.cat([self.mask, chunk_mask], 1)
         with torch.inference_mode():
-            out = model.generate(
-                **enc,
-                max_new_tokens=decoding.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **decoding.generate_kwargs(),
+            out = self.model.generate(
+                input_ids=tokens, attention_mask=mask, past_key_values=self.cache,
+                max_new_tokens=self.decoding.max_new_tokens, pad_token_id=pad,
+                eos_token_id=self.tokenizer.eos_token_id, **self.decoding.generate_kwargs(),
             )
-        for i, text in zip(idx, tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)):
-            answers[i] = text.strip()
-    return answers
+        new = out[:, tokens.shape[1] :]
+        # A row's answer ends at its first end-of-turn token; what generate appended after it is padding.
+        ended = (new == self.tokenizer.eos_token_id).long().cumsum(1)
+        new_mask = ((ended == 0) | ((ended == 1) & (new == self.tokenizer.eos_token_id))).long()
+        self.tokens, self.mask = out, torch.cat([mask, new_mask], 1)
+        return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def _reuse(self, row: int, ids: list[int]) -> list[int]:
+        """Mask out the row's cached tokens that diverge from `ids`; return the ids still to feed."""
+        columns = self.mask[row].nonzero().flatten()
+        cached = self.tokens[row, columns].tolist()
+        keep = 0
+        for a, b in zip(cached, ids):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(ids) - 1)  # feed at least one token: its logits start the answer
+        self.mask[row, columns[keep:]] = 0
+        return ids[keep:]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Drop every row not in `rows` (finished episodes leave the batch)."""
+        import torch
+
+        index = torch.tensor(list(rows), dtype=torch.long)
+        self.tokens, self.mask = self.tokens[index], self.mask[index]
+        self.cache.batch_select_indices(index)
 
 
 def run_episodes(model, tokenizer, episodes: Sequence[Episode], verifier: Verifier, turns: int,
                  decoding: Decoding = Decoding(), batch_size: int = 256, log=None) -> list[dict]:
-    """Play every episode to the end; one result row per episode."""
+    """Play every episode to the end; one result row per episode, in the order given."""
     import torch
 
     if decoding.do_sample:
         torch.manual_seed(decoding.seed)
-    chats = {e.id: [{"role": "user", "content": e.prompt}] for e in episodes}
+    # Similar prompt lengths share a batch: less padding.
+    lengths = {e.id: len(encode(tokenizer, [{"role": "user", "content": e.prompt}])) for e in episodes}
+    order = sorted(episodes, key=lambda e: lengths[e.id])
     tries: dict[str, list] = {e.id: [] for e in episodes}
-    active = list(episodes)
-    for turn in range(1, turns + 1):
-        if not active:
-            break
-        answers = generate(model, tokenizer, [chats[e.id] for e in active], decoding, batch_size)
-        still = []
-        for e, answer in zip(active, answers):
-            verdict = verifier(answer, e.values)
-            tries[e.id].append((answer, verdict))
-            if not verdict.correct and turn < turns:
-                chats[e.id] += [{"role": "assistant", "content": answer}, {"role": "user", "content": verdict.feedback}]
-                still.append(e)
-        if log:
-            log(f"turn {turn}: {len(active)} episodes, {len(active) - len(still)} finished")
-        active = still
+    for start in range(0, len(order), batch_size):
+        _play(model, tokenizer, order[start : start + batch_size], verifier, turns, decoding, tries, log)
     return [_row(e, tries[e.id]) for e in episodes]
+
+
+def _play(model, tokenizer, group: Sequence[Episode], verifier: Verifier, turns: int, decoding: Decoding,
+          tries: dict[str, list], log) -> None:
+    """One batch of episodes through all its turns; a solved episode leaves the batch."""
+    batch = _Batch(model, tokenizer, decoding)
+    chats = [[{"role": "user", "content": e.prompt}] for e in group]
+    active = list(range(len(group)))
+    for turn in range(1, turns + 1):
+        answers = batch.turn([encode(tokenizer, chats[i]) for i in active])
+        still = []
+        for row, (i, answer) in enumerate(zip(active, answers)):
+            verdict = verifier(answer, group[i].values)
+            tries[group[i].id].append((answer, verdict))
+            if not verdict.correct:
+                chats[i] += [{"role": "assistant", "content": answer}, {"role": "user", "content": verdict.feedback}]
+                still.append(row)
+        if log:
+            log(f"turn {turn}: {len(active)} episodes, {len(active) - len(still)} solved")
+        if not still or turn == turns:
+            break
+        batch.keep(still)
+        active = [active[row] for row in still]
+
+
+def run_episodes_one_at_a_time(model, tokenizer, episodes: Sequence[Episode], verifier: Verifier, turns: int,
+                                decoding: Decoding = Decoding()) -> list[dict]:
+    """The anchors' way, the reference the engine must match: one episode at a time, one `generate` per
+    try over the whole conversation, no batching and no cache kept between tries."""
+    import torch
+
+    rows = []
+    for e in episodes:
+        chat, tries = [{"role": "user", "content": e.prompt}], []
+        for _ in range(turns):
+            ids = torch.tensor([encode(tokenizer, chat)])
+            with torch.inference_mode():
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=decoding.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=tokenizer.eos_token_id, **decoding.generate_kwargs())
+            answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+            verdict = verifier(answer, e.values)
+            tries.append((answer, verdict))
+            if verdict.correct:
+                break
+            chat = chat + [{"role": "assistant", "content": answer}, {"role": "user", "content": verdict.feedback}]
+        rows.append(_row(e, tries))
+    return rows
 
 
 def _row(e: Episode, tries: list) -> dict:
