@@ -18,6 +18,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/base.smk"
 include: "rules/sft.smk"
+include: "rules/rl.smk"
 include: "rules/evaluate.smk"
 
 

@@ -1,5 +1,6 @@
 # Config helpers and target lists shared by every stage. Kept light: every cluster job re-parses this.
 import json
+import re
 
 SPLITS = ["sft_train", "rl_train", "id_test", "ood_test"]
 TEST_SPLITS = ["id_test", "ood_test"]
@@ -59,8 +60,52 @@ def eval_slice():
     }
 
 
+# RL runs: one per (algo, SFT step, seed); the continued-SFT control is one more algo.
+RL = config["rl"]
+RL_FROM = SFT_STEPS if RL["from_steps"] == "all" else sorted(RL["from_steps"])
+RL_ALGOS = [*RL["algos"], *(["sft_continue"] if RL["control"] else [])]
+RL_SEEDS = list(range(1, RL["seeds"] + 1))
+RL_SAVE_UPDATES = sorted(RL["save_updates"])
+
+
+def rl_run_id(algo, step, seed):
+    return f"{algo}-{step}" + (f"-s{seed}" if len(RL_SEEDS) > 1 else "")
+
+
+RL_RUNS = [rl_run_id(a, step, seed) for a in RL_ALGOS for step in RL_FROM for seed in RL_SEEDS]
+
+
+def parse_rl_run(run):
+    """'grpo-100-s2' -> ('grpo', 100, 2); the seed is 1 when the id carries none."""
+    algo, step, seed = re.fullmatch(r"([a-z_]+)-(\d+)(?:-s(\d+))?", run).groups()
+    return algo, int(step), int(seed or 1)
+
+
+def rl_slice(run):
+    """What one RL run depends on: its algo's settings only (the run list keys are not among them)."""
+    algo, step, seed = parse_rl_run(run)
+    skip = {"algos", "from_steps", "seeds", "control"}
+    if algo != "ppo":
+        skip |= {"ppo", "verify_turns"}
+    if algo == "sft_continue":
+        skip |= {"num_generations", "temperature", "kl_coef", "lr", "lr_scheduler", "max_new_tokens", "max_grad_norm", "bf16", "rewards"}
+    out = {
+        "game": config["game"],
+        "prompt": config["prompt"],
+        "verify": config["verify"],
+        "probe_eval": {k: config["eval"][k] for k in ("verify_turns", "max_new_tokens")},
+        "rl": {k: v for k, v in RL.items() if k not in skip},
+        "algo": algo,
+        "seed": seed,
+    }
+    if algo == "sft_continue":
+        out["sft"] = {k: v for k, v in config["sft"].items() if k not in ("save_steps", "max_steps", "logging_steps", "eval_examples")}
+    return out
+
+
 # Every model of the study is evaluated; model ids name their directories (results/models/{model_id}).
-EVAL_MODELS = ["base", *[f"sft-{step}" for step in SFT_STEPS]]
+RL_MODELS = [f"rl-{run}" for run in RL_RUNS] + [f"rl-{run}-u{u}" for run in RL_RUNS for u in RL_SAVE_UPDATES]
+EVAL_MODELS = ["base", *[f"sft-{step}" for step in SFT_STEPS], *RL_MODELS]
 
 
 def get_final_output():
@@ -68,9 +113,11 @@ def get_final_output():
         "results/data/manifest.json",
         "results/tables/sft_log.parquet",
         "results/tables/accuracy.parquet",
+        "results/tables/rl_log.parquet",
     ]
 
 
 wildcard_constraints:
     split="|".join(SPLITS),
+    rl_run=r"[a-z_]+-\d+(-s\d+)?",
     model_id=r"base|sft-\d+|rl-[a-z_]+-\d+(-s\d+)?(-u\d+)?|edit-[A-Za-z0-9_]+",

@@ -45,6 +45,12 @@ def _check_cross_keys(config: Mapping) -> None:
         raise ConfigError(f"config key sft.save_steps: steps {sorted(s for s in steps if s > max_steps)} exceed sft.max_steps={max_steps}")
     if sft.get("batch_size", 1) % sft.get("grad_accum", 1):
         raise ConfigError("config key sft.grad_accum: must divide sft.batch_size")
+    rl = config.get("rl", {})
+    from_steps = rl.get("from_steps", "all")
+    if from_steps != "all" and steps and set(from_steps) - set(steps):
+        raise ConfigError(f"config key rl.from_steps: steps {sorted(set(from_steps) - set(steps))} are not in sft.save_steps {sorted(steps)}")
+    if any(u >= rl.get("updates", 1 << 30) for u in rl.get("save_updates", [])):
+        raise ConfigError(f"config key rl.save_updates: updates must be below rl.updates={rl.get('updates')} (the last is always saved)")
     model = config.get("model", {})
     if model.get("source") == "local" and not model.get("local_path"):
         raise ConfigError("config key model.local_path: needed when model.source is 'local'")

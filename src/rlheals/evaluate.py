@@ -57,7 +57,7 @@ def encode(tokenizer, conversation: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-class _Batch:
+class Batch:
     """Conversations advancing together through `generate`, keeping their KV cache between turns.
 
     `tokens`/`mask` mirror the cache's columns: left padding, and holes (mask 0) where a row's cached
@@ -97,6 +97,7 @@ class _Batch:
         ended = (new == self.tokenizer.eos_token_id).long().cumsum(1)
         new_mask = ((ended == 0) | ((ended == 1) & (new == self.tokenizer.eos_token_id))).long()
         self.tokens, self.mask = out, torch.cat([mask, new_mask], 1)
+        self.answer_ids = [row[m.bool()].tolist() for row, m in zip(new, new_mask)]  # for RL: what was sampled
         return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def _reuse(self, row: int, ids: list[int]) -> list[int]:
@@ -140,7 +141,7 @@ def run_episodes(model, tokenizer, episodes: Sequence[Episode], verifier: Verifi
 def _play(model, tokenizer, group: Sequence[Episode], verifier: Verifier, turns: int, decoding: Decoding,
           tries: dict[str, list], log) -> None:
     """One batch of episodes through all its turns; a solved episode leaves the batch."""
-    batch = _Batch(model, tokenizer, decoding)
+    batch = Batch(model, tokenizer, decoding)
     chats = [[{"role": "user", "content": e.prompt}] for e in group]
     active = list(range(len(group)))
     for turn in range(1, turns + 1):

@@ -174,8 +174,9 @@ def loss_table(log_history: Sequence[Mapping]) -> list[dict]:
 
 
 def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings: Mapping,
-        outputs: Mapping[int, Path], work: Path, threads: int, log=print) -> list[dict]:
-    """Train, publishing every step in `outputs`; resume from `work` if an earlier run was killed."""
+        outputs: Mapping[int, Path], work: Path, threads: int, log=print, callbacks=()) -> list[dict]:
+    """Train, publishing every step in `outputs`; resume from `work` if an earlier run was killed.
+    `callbacks`: more TrainerCallbacks (the RL control's probe)."""
     import datasets
     import torch
 
@@ -206,7 +207,7 @@ def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings
             "ood": datasets.Dataset.from_list(conversations(ood_rows[:n_eval], rules, fmt)),
         },
         processing_class=tokenizer,
-        callbacks=make_callbacks(sorted(s for s in outputs if s), work, outputs, log),
+        callbacks=[*make_callbacks(sorted(s for s in outputs if s), work, outputs, log), *callbacks],
     )
     from transformers.trainer_callback import PrinterCallback
 

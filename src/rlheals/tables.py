@@ -39,3 +39,17 @@ def accuracy_table(episodes: Mapping[str, Sequence[Mapping]]) -> pl.DataFrame:
             rows.append({"model_id": model_id, **parse_model_id(model_id), "rule": rule, **summary})
     schema = {"sft_step": pl.Int64, "rl_update": pl.Int64, "seed": pl.Int64, "algo": pl.String}
     return pl.DataFrame(rows, schema_overrides=schema).sort("stage", "sft_step", "model_id", "rule")
+
+
+def rl_log_table(logs: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    """Every RL run's per-update log in one table, with the run's algo, SFT step and seed as columns
+    (algos log different columns: missing ones are null)."""
+    frames = []
+    for run, frame in logs.items():
+        fields = parse_model_id(f"rl-{run}")
+        frames.append(frame.with_columns(pl.lit(run).alias("run"), pl.lit(fields["algo"]).alias("algo"),
+                                         pl.lit(fields["sft_step"]).alias("sft_step"),
+                                         pl.lit(fields["seed"] or 1).alias("seed")))
+    table = pl.concat(frames, how="diagonal_relaxed")
+    first = ["run", "algo", "sft_step", "seed", "update"]
+    return table.select(*first, *[c for c in table.columns if c not in first]).sort("run", "update")

@@ -1,0 +1,38 @@
+rule rl:
+    input:
+        start=lambda w: f"results/models/sft-{parse_rl_run(w.rl_run)[1]}",
+        train="results/data/rl_train.jsonl",
+        tests=expand("results/data/{split}.jsonl", split=TEST_SPLITS),
+    output:
+        model=directory("results/models/rl-{rl_run}"),
+        checkpoints=directory(
+            expand("results/models/rl-{{rl_run}}-u{update}", update=RL_SAVE_UPDATES)
+        ),
+        log="results/tables/rl/{rl_run}.parquet",
+    log:
+        "logs/rl/{rl_run}.log",
+    benchmark:
+        "benchmarks/results/rl/{rl_run}.tsv"
+    params:
+        cfg=lambda w: canonical(rl_slice(w.rl_run)),
+    # The tiny model gains nothing from a second thread; two runs side by side do.
+    threads: 1 if config["model"]["source"] == "tiny" else max(1, min(workflow.cores, 8))
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/rl.py"
+
+
+rule rl_log_table:
+    input:
+        expand("results/tables/rl/{rl_run}.parquet", rl_run=RL_RUNS),
+    output:
+        parquet="results/tables/rl_log.parquet",
+        csv="results/tables/rl_log.csv",
+    log:
+        "logs/tables/rl_log.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/rl_log_table.py"

@@ -1,0 +1,245 @@
+"""The papers' PPO (TRL dropped its PPOTrainer in 1.13), written once and compactly.
+
+An episode is a multi-turn verification game: the policy answers, the verifier rewards the answer, and a
+wrong answer gets the feedback turn and another try, up to `verify_turns`. Each try is one PPO step of
+the episode: its state is the conversation so far, its value V(s) is a small MLP on the last prompt
+token's hidden state, its reward the verifier's. Advantages are GAE over the tries (gamma, lambda), every
+token of a try shares its try's advantage; the losses are the clipped ratio and the clipped value loss,
+with no KL and no reference model unless `kl_coef` > 0. Rollouts reuse the evaluation engine (batched,
+KV cache across tries), sampling at `temperature`; log-probabilities use the same temperature."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlheals import evaluate, models
+from rlheals.verify import Verifier
+
+
+@dataclass
+class Step:
+    """One try of one episode."""
+
+    prompt: list[int]
+    answer: list[int]
+    reward: float
+    category: str
+    value: float = 0.0
+    old_logprobs: list[float] = field(default_factory=list)
+    advantage: float = 0.0
+    ret: float = 0.0
+
+
+def gae(rewards: Sequence[float], values: Sequence[float], gamma: float, lam: float) -> tuple[list[float], list[float]]:
+    """Generalised advantage estimates and returns of one episode; the state after the last try is
+    terminal (value 0)."""
+    advantages = [0.0] * len(rewards)
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        next_value = values[t + 1] if t + 1 < len(values) else 0.0
+        delta = rewards[t] + gamma * next_value - values[t]
+        running = delta + gamma * lam * running
+        advantages[t] = running
+    return advantages, [a + v for a, v in zip(advantages, values)]
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip: float):
+    """PPO's clipped surrogate, averaged over answer tokens; also the share of tokens clipped."""
+    import torch
+
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    n = mask.sum().clamp(min=1)
+    clip_share = (((ratio - 1).abs() > clip).float() * mask).sum() / n
+    return (loss * mask).sum() / n, clip_share
+
+
+def value_loss(values, old_values, returns, clip: float):
+    """The clipped value loss: 0.5 * max((V - R)^2, (V_old + clip(V - V_old) - R)^2), averaged."""
+    import torch
+
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
+
+
+def value_head(hidden_size: int):
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(hidden_size, hidden_size), torch.nn.Tanh(), torch.nn.Linear(hidden_size, 1))
+
+
+def _forward(model, head, steps: Sequence[Step], temperature: float, pad: int):
+    """Token log-probabilities of each step's answer (right-padded, with a mask) and V(prompt)."""
+    import torch
+
+    seqs = [s.prompt + s.answer for s in steps]
+    width = max(map(len, seqs))
+    ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs])
+    attention = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs])
+    out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True)
+    logits = out.logits.float() / temperature
+    longest = max(len(s.answer) for s in steps)
+    # The answer's token j is predicted at position len(prompt) - 1 + j.
+    starts = torch.tensor([len(s.prompt) - 1 for s in steps])
+    positions = (starts[:, None] + torch.arange(longest)[None, :]).clamp(max=width - 2)
+    targets = ids.gather(1, positions + 1)
+    logprobs = torch.log_softmax(logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])), -1)
+    logprobs = logprobs.gather(2, targets[..., None]).squeeze(-1)
+    mask = torch.tensor([[1.0] * len(s.answer) + [0.0] * (longest - len(s.answer)) for s in steps])
+    last_prompt = out.hidden_states[-1][torch.arange(len(steps)), starts]
+    return logprobs, mask, head(last_prompt.float()).squeeze(-1)
+
+
+def rollout(model, tokenizer, episodes: Sequence[evaluate.Episode], verifier: Verifier, turns: int,
+            temperature: float, max_new_tokens: int) -> list[list[Step]]:
+    """Play each episode with sampling; the tries of each episode as Steps (rewards filled in)."""
+    decoding = evaluate.Decoding(do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens)
+    batch = evaluate.Batch(model, tokenizer, decoding)
+    chats = [[{"role": "user", "content": e.prompt}] for e in episodes]
+    played: list[list[Step]] = [[] for _ in episodes]
+    active = list(range(len(episodes)))
+    for turn in range(1, turns + 1):
+        prompts = [evaluate.encode(tokenizer, chats[i]) for i in active]
+        answers = batch.turn(prompts)
+        still = []
+        for row, (i, prompt, answer, ids) in enumerate(zip(active, prompts, answers, batch.answer_ids)):
+            verdict = verifier(answer, episodes[i].values)
+            played[i].append(Step(prompt, ids or [tokenizer.eos_token_id], verdict.reward, verdict.category))
+            if not verdict.correct:
+                chats[i] += [{"role": "assistant", "content": answer}, {"role": "user", "content": verdict.feedback}]
+                still.append(row)
+        if not still or turn == turns:
+            break
+        batch.keep(still)
+        active = [active[row] for row in still]
+    return played
+
+
+class PPO:
+    """Policy (the causal LM), value head, optimiser; `update` runs one rollout-and-train round."""
+
+    def __init__(self, model, tokenizer, settings: Mapping, verifier: Verifier, seed: int):
+        import torch
+        from transformers import get_scheduler
+
+        self.model, self.tokenizer, self.settings, self.verifier = model, tokenizer, settings, verifier
+        self.ppo = settings["ppo"]
+        torch.manual_seed(seed)
+        self.rng = random.Random(seed)
+        self.head = value_head(model.config.hidden_size)
+        self.optimizer = torch.optim.AdamW([
+            {"params": [p for p in model.parameters() if p.requires_grad], "lr": settings["lr"]},
+            {"params": list(self.head.parameters()), "lr": self.ppo["value_lr"]},
+        ], weight_decay=0.0)
+        self.scheduler = get_scheduler(settings["lr_scheduler"], self.optimizer, num_warmup_steps=0,
+                                       num_training_steps=settings["updates"])
+        self.reference = None
+        if settings["kl_coef"] > 0:  # a frozen copy of the starting policy
+            import copy
+
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def update(self, episodes: Sequence[evaluate.Episode]) -> list[Step]:
+        """Roll out `episodes`, then `epochs` passes of minibatch PPO over their tries."""
+        import torch
+
+        s, p = self.settings, self.ppo
+        self.model.eval()
+        with torch.no_grad():
+            played = rollout(self.model, self.tokenizer, episodes, self.verifier, s["verify_turns"],
+                             s["temperature"], s["max_new_tokens"])
+            steps = [step for episode in played for step in episode]
+            for chunk in _chunks(steps, p["minibatch"]):
+                logprobs, mask, values = _forward(self.model, self.head, chunk, s["temperature"], self.tokenizer.pad_token_id)
+                for step, lp, m, v in zip(chunk, logprobs, mask, values):
+                    step.old_logprobs, step.value = lp[m.bool()].tolist(), float(v)
+            for episode in played:
+                advantages, returns = gae([t.reward for t in episode], [t.value for t in episode], p["gamma"], p["lam"])
+                for step, a, r in zip(episode, advantages, returns):
+                    step.advantage, step.ret = a, r
+        if p["normalize_advantages"] and len(steps) > 1:
+            a = torch.tensor([t.advantage for t in steps])
+            for step, z in zip(steps, ((a - a.mean()) / (a.std() + 1e-8)).tolist()):
+                step.advantage = z
+        self.model.train()
+        self.stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_share": 0.0}
+        n = 0
+        for _ in range(p["epochs"]):
+            order = steps[:]
+            self.rng.shuffle(order)
+            for chunk in _chunks(order, p["minibatch"]):
+                self._train_step(chunk)
+                n += 1
+        self.stats = {k: v / max(n, 1) for k, v in self.stats.items()}
+        self.scheduler.step()
+        return steps
+
+    def _train_step(self, chunk: Sequence[Step]) -> None:
+        import torch
+
+        s, p = self.settings, self.ppo
+        logprobs, mask, values = _forward(self.model, self.head, chunk, s["temperature"], self.tokenizer.pad_token_id)
+        old = torch.zeros_like(logprobs)
+        for i, step in enumerate(chunk):
+            old[i, : len(step.old_logprobs)] = torch.tensor(step.old_logprobs)
+        advantages = torch.tensor([t.advantage for t in chunk])[:, None]
+        loss_pi, clip_share = policy_loss(logprobs, old, advantages, mask, p["clip"])
+        loss_v = value_loss(values, torch.tensor([t.value for t in chunk]), torch.tensor([t.ret for t in chunk]), p["value_clip"])
+        loss = loss_pi + p["value_coef"] * loss_v
+        if self.reference is not None:
+            with torch.no_grad():
+                ref, _, _ = _forward(self.reference, self.head, chunk, s["temperature"], self.tokenizer.pad_token_id)
+            log_ratio = ref - logprobs  # k3 estimator of KL(policy || reference), per token
+            kl = ((torch.exp(log_ratio) - log_ratio - 1) * mask).sum() / mask.sum().clamp(min=1)
+            loss = loss + s["kl_coef"] * kl
+        self.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.head.parameters()], s["max_grad_norm"])
+        self.optimizer.step()
+        self.stats["policy_loss"] += loss_pi.item()
+        self.stats["value_loss"] += loss_v.item()
+        self.stats["clip_share"] += clip_share.item()
+
+
+def _chunks(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run(start: Path, rows: Sequence[Mapping], rules, fmt: str, settings: Mapping, verifier: Verifier, probe,
+        outputs: Mapping[int, Path], seed: int, threads: int, log=print) -> list[dict]:
+    """PPO from the model at `start` for `settings['updates']` updates on the hands in `rows`."""
+    import torch
+
+    from rlheals import rl
+
+    torch.set_num_threads(threads)
+    rl.seed_everything(seed)
+    model = models.load_model(start, dtype=torch.float32)
+    tokenizer = models.load_tokenizer(start)
+    trainer = PPO(model, tokenizer, settings, verifier, seed)
+    reward = rl.Reward(verifier)
+    per_update = settings["prompts_per_update"] * settings["num_generations"]
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    log_rows = [{"update": 0, **probe(model, tokenizer)}]
+    for update in range(1, settings["updates"] + 1):
+        picked = [rows[order[((update - 1) * per_update + i) % len(order)]] for i in range(per_update)]
+        episodes = [evaluate.Episode(f"{update}-{i}", r["rule"], tuple(r["cards"]), tuple(r["values"]),
+                                     rl.prompt_rows([r], rules, fmt)[0]["prompt"][0]["content"]) for i, r in enumerate(picked)]
+        steps = trainer.update(episodes)
+        reward.pending = [(t.category, t.reward) for t in steps]
+        row = {"update": update, **reward.drain(), **trainer.stats}
+        if update % settings["probe"]["every"] == 0 or update == settings["updates"]:
+            row.update(probe(model, tokenizer))
+        log_rows.append(row)
+        log(f"update {update}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if k != "update"))
+        if update in outputs:
+            rl.save_model(model, tokenizer, outputs[update])
+            log(f"published {outputs[update]}")
+    return log_rows

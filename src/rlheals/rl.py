@@ -1,0 +1,214 @@
+"""RL from an SFT checkpoint on the ID rule, rewarded by the verifier: GRPO and RLOO through TRL, the
+paper's PPO (rlheals.ppo), and the continued-SFT control. Shared here: the reward function, the prompt
+dataset, the OOD/ID probe that runs during training, the per-update log and checkpoint publishing."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from rlheals import cards, evaluate, models
+from rlheals.verify import CATEGORIES, Verifier
+
+TRL_ALGOS = ("grpo", "rloo")
+CONTROL = "sft_continue"
+
+
+def completion_text(completion) -> str:
+    """A TRL completion (plain text, or a list of chat messages) as text; anything else is empty text,
+    which the verifier classifies as unparseable."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
+        content = completion[-1].get("content")
+        return content if isinstance(content, str) else ""
+    return ""
+
+
+class Reward:
+    """The verifier's reward as a TRL reward function. It never raises: whatever a completion is, the
+    verifier classifies it, and a verifier failure counts as unparseable. Verdicts are kept until the
+    update's log row collects them."""
+
+    __name__ = "verifier_reward"  # TRL names its reward metrics after the function
+
+    def __init__(self, verifier: Verifier):
+        self.verifier = verifier
+        self.pending: list[tuple[str, float]] = []
+
+    def classify(self, completion, values) -> tuple[str, float]:
+        try:
+            verdict = self.verifier(completion_text(completion), tuple(int(v) for v in values))
+            return verdict.category, float(verdict.reward)
+        except Exception:  # a reward function must not end a run over one completion
+            return "unparseable", float(self.verifier.rewards["unparseable"])
+
+    def __call__(self, prompts=None, completions=(), values=(), **kwargs) -> list[float]:
+        if len(values) != len(completions):
+            values = [()] * len(completions)
+        scored = [self.classify(c, v) for c, v in zip(completions, values)]
+        self.pending += scored
+        return [reward for _, reward in scored]
+
+    def drain(self) -> dict:
+        """Mean reward and the share of each verdict category since the last call."""
+        scored, self.pending = self.pending, []
+        counts = Counter(category for category, _ in scored)
+        row = {"mean_reward": sum(r for _, r in scored) / len(scored) if scored else float("nan"),
+               "completions": len(scored)}
+        row.update({f"share_{c}": counts[c] / len(scored) if scored else float("nan") for c in CATEGORIES})
+        return row
+
+
+def prompt_rows(rows: Sequence[Mapping], rules: Mapping[str, cards.Rule], fmt: str) -> list[dict]:
+    """rl_train hands as TRL conversational prompts, with the card values the reward needs."""
+    return [{"prompt": [{"role": "user", "content": cards.render_prompt(fmt, r["cards"], rules[r["rule"]], r["target"])}],
+             "values": list(r["values"])} for r in rows]
+
+
+class Probe:
+    """ID and OOD accuracy on a small fixed set of test episodes (greedy, the evaluation protocol), run
+    every few updates: the anchors switched this monitoring off."""
+
+    def __init__(self, episodes: Sequence[evaluate.Episode], verifier: Verifier, turns: int, max_new_tokens: int):
+        self.episodes, self.verifier, self.turns = list(episodes), verifier, turns
+        self.decoding = evaluate.Decoding(max_new_tokens=max_new_tokens)
+
+    def __call__(self, model, tokenizer) -> dict:
+        import torch
+
+        training = model.training
+        model.eval()
+        state = torch.random.get_rng_state()  # probing must not change the run's sampling
+        rows = evaluate.run_episodes(model, tokenizer, self.episodes, self.verifier, self.turns, self.decoding)
+        torch.random.set_rng_state(state)
+        model.train(training)
+        return {f"probe_{rule}_accuracy": s["accuracy"] for rule, s in evaluate.summarize(rows).items()}
+
+
+def save_model(model, tokenizer, dst: Path) -> None:
+    """Write a model directory atomically (a temp directory renamed into place)."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
+def seed_everything(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def trl_config(algo: str, settings: Mapping, work: Path, seed: int):
+    """GRPOConfig / RLOOConfig: one update = `prompts_per_update` prompts x `num_generations` samples,
+    one optimizer step on them, flags that are right on a CPU (STACK.md)."""
+    import torch
+    from trl import GRPOConfig, RLOOConfig
+
+    on_gpu = torch.cuda.is_available()
+    config_class = GRPOConfig if algo == "grpo" else RLOOConfig
+    return config_class(
+        output_dir=str(work),
+        max_steps=settings["updates"],
+        per_device_train_batch_size=settings["prompts_per_update"] * settings["num_generations"],
+        gradient_accumulation_steps=1,
+        num_generations=settings["num_generations"],
+        max_completion_length=settings["max_new_tokens"],
+        temperature=settings["temperature"],
+        top_p=1.0,
+        learning_rate=settings["lr"],
+        lr_scheduler_type=settings["lr_scheduler"],
+        warmup_steps=0,
+        max_grad_norm=settings["max_grad_norm"],
+        beta=settings["kl_coef"],
+        num_iterations=1,
+        seed=seed,
+        data_seed=seed,
+        logging_steps=1,
+        save_strategy="no",
+        bf16=on_gpu and settings["bf16"],
+        use_cpu=not on_gpu,
+        activation_checkpointing=False,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def make_callback(reward: Reward | None, probe: Probe, probe_every: int, tokenizer, outputs: Mapping[int, Path], log_rows: list, log):
+    """After each update: a log row (reward, categories, the probe every `probe_every` updates and at the
+    end), and a published model at each update listed in `outputs`."""
+    from transformers import TrainerCallback
+
+    class UpdateLog(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            log_rows.append({"update": 0, **probe(model, tokenizer)})
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            update = state.global_step
+            row = {"update": update, **(reward.drain() if reward else {})}
+            if update % probe_every == 0 or update == args.max_steps:
+                row.update(probe(model, tokenizer))
+            log_rows.append(row)
+            log(f"update {update}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if k != "update"))
+            if update in outputs:
+                save_model(model, tokenizer, outputs[update])
+                log(f"published {outputs[update]}")
+
+    return UpdateLog()
+
+
+def run_trl(algo: str, start: Path, rows: Sequence[Mapping], rules, fmt: str, settings: Mapping, verifier: Verifier,
+            probe: Probe, outputs: Mapping[int, Path], work: Path, seed: int, threads: int, log=print) -> list[dict]:
+    """GRPO or RLOO from the model at `start`; publishes each update in `outputs`; returns the log rows."""
+    import datasets
+    import torch
+    from trl import GRPOTrainer, RLOOTrainer
+
+    datasets.disable_progress_bars()
+    torch.set_num_threads(threads)
+    seed_everything(seed)
+    model = models.load_model(start, dtype=torch.float32)
+    tokenizer = models.load_tokenizer(start)
+    reward = Reward(verifier)
+    log_rows: list[dict] = []
+    trainer_class = GRPOTrainer if algo == "grpo" else RLOOTrainer
+    trainer = trainer_class(
+        model=model,
+        reward_funcs=[reward],
+        args=trl_config(algo, settings, work, seed),
+        train_dataset=datasets.Dataset.from_list(prompt_rows(rows, rules, fmt)),
+        processing_class=tokenizer,
+        callbacks=[make_callback(reward, probe, settings["probe"]["every"], tokenizer, outputs, log_rows, log)],
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return log_rows
+
+
+def run_control(start: Path, rows: Sequence[Mapping], id_rows, ood_rows, rules, fmt: str, sft_settings: Mapping,
+                settings: Mapping, probe: Probe, outputs: Mapping[int, Path], work: Path, seed: int, threads: int,
+                log=print) -> list[dict]:
+    """The control arm: SFT continued from `start` on the RL run's hands, with as many optimizer steps of
+    `prompts_per_update` hands as the RL run has updates, so it sees the same hands the same number of
+    times. Without it "RL heals" cannot be told from "RL merely stops SFT's drift"."""
+    from rlheals import sft
+
+    continued = {**sft_settings, "max_steps": settings["updates"], "batch_size": settings["prompts_per_update"],
+                 "grad_accum": 1, "seed": seed, "logging_steps": settings["probe"]["every"],
+                 "eval_examples": settings["probe"]["episodes"]}
+    probe_rows: list[dict] = []
+    callback = make_callback(None, probe, settings["probe"]["every"], models.load_tokenizer(start), {}, probe_rows, log)
+    losses = sft.run(start, rows, id_rows, ood_rows, rules, fmt, continued, outputs, work, threads, log, [callback])
+    by_update = {r["update"]: r for r in probe_rows}
+    for loss in losses:
+        by_update.setdefault(loss["step"], {"update": loss["step"]}).update(
+            {k: v for k, v in loss.items() if k != "step"})
+    return [by_update[u] for u in sorted(by_update)]
