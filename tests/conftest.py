@@ -28,7 +28,7 @@ class Workflow:
 
     def dry_run_jobs(self, *args, configfile="config/smoke.yaml") -> dict[str, int]:
         """Rule name -> number of jobs a dry run would run."""
-        out = self.run("-n", "--quiet", "rules", *args, configfile=configfile).stdout
+        out = self.run(*args, "-n", "--quiet", "rules", configfile=configfile).stdout  # targets first: --quiet takes values
         jobs = {}
         for line in out.splitlines():
             parts = line.split()

@@ -72,15 +72,16 @@ def test_workflow_data_rule(workflow):
     workflow.run()
     assert {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS} == first
 
-    # A changed data setting reruns only the data job it touches and what depends on it: here SFT and the
-    # evaluation of its checkpoints,
+    # A changed data setting reruns only the data job it touches and what depends on it: here SFT, the RL
+    # runs from its checkpoints and the evaluation of every model after SFT,
     # never the other splits, the pretraining corpus or the base model.
     changed = workflow.write_config(
         "changed.yaml",
         (workflow.path / "config" / "smoke.yaml").read_text().replace("size: 200", "size: 201"),
     )
     assert workflow.dry_run_jobs(configfile=changed) == {
-        "data_split": 1, "data_manifest": 1, "sft": 1, "evaluate": 4, "accuracy_table": 1, "all": 1
+        "data_split": 1, "data_manifest": 1, "sft": 1, "evaluate": 4 + 6, "rl": 3, "rl_log_table": 1,
+        "accuracy_table": 1, "all": 1,
     }
     # Reordering keys reruns nothing.
     smoke = (workflow.path / "config" / "smoke.yaml").read_text()

@@ -1,9 +1,12 @@
+import hashlib
 import math
+import shutil
 
+import polars as pl
 import pytest
 import torch
 
-from rlheals import cards, ppo, rl
+from rlheals import cards, models, ppo, rl
 from rlheals.verify import Verifier
 
 
@@ -60,3 +63,93 @@ def test_reward_survives_a_verifier_that_raises():
     reward = rl.Reward(Broken())
     assert reward(completions=["1 + 1"], values=[[1, 2, 3, 4]]) == [-3.0]
     assert reward.drain()["share_unparseable"] == 1.0
+
+
+def test_ppo_update_plays_multi_turn_episodes_and_keeps_its_reference_fixed():
+    from rlheals import data, evaluate, pretrain
+
+    tokenizer = models.build_tokenizer(pretrain.vocabulary(24))
+    model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                                                "num_heads": 2, "num_kv_heads": 1, "max_positions": 512}, seed=0)
+    game = {"target": 24, "rules": {"id": {"face_values": {"J": 10, "Q": 10, "K": 10}, "hand": "uniform"}}}
+    splits = {"rl_train": {"rule": "id", "size": 6, "seed": 1}, "id_test": {"rule": "id", "size": 1, "seed": 2},
+              "ood_test": {"rule": "id", "size": 1, "seed": 3}}
+    rows = data.make_split("rl_train", game, {"holdout_seed": 0, "holdout_share": 0.25, "splits": splits})
+    episodes = evaluate.episodes_from_rows(rows, data.rules_from_config(game), "compact")
+    settings = {"lr": 1e-3, "lr_scheduler": "constant", "updates": 2, "kl_coef": 0.1, "verify_turns": 3,
+                "temperature": 1.0, "max_new_tokens": 6, "max_grad_norm": 1.0,
+                "ppo": {"epochs": 2, "minibatch": 4, "clip": 0.1, "value_clip": 0.1, "value_coef": 0.5, "value_lr": 1e-3,
+                        "gamma": 0.9, "lam": 0.95, "normalize_advantages": True}}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = ppo.PPO(model, tokenizer, settings, Verifier(), seed=0)
+    steps = trainer.update(episodes)
+    assert len(steps) == 6 * 3  # a random model solves nothing: every episode uses all three tries
+    assert all(len(t.old_logprobs) == len(t.answer) for t in steps)
+    assert math.isfinite(trainer.stats["policy_loss"]) and trainer.stats["value_loss"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # the policy moved
+    assert all(torch.equal(before[k], v) for k, v in trainer.reference.state_dict().items())  # its KL anchor did not
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def smoke_with(workflow, name: str, rl_block: str) -> str:
+    """The smoke config with its rl block replaced."""
+    smoke = (workflow.path / "config" / "smoke.yaml").read_text()
+    start, end = smoke.index("rl:\n"), smoke.index("sft:")
+    return workflow.write_config(name, smoke[:start] + rl_block + smoke[end:])
+
+
+def test_one_rl_job_per_algo_step_and_seed(workflow):
+    config = smoke_with(workflow, "seeds.yaml", "rl:\n  algos: [grpo, rloo, ppo]\n  from_steps: [2, 6]\n  seeds: 2\n"
+                                                "  updates: 2\n  save_updates: [1]\n")
+    assert workflow.dry_run_jobs(configfile=config)["rl"] == 4 * 2 * 2  # 3 algos + control, 2 steps, 2 seeds
+    listed = workflow.run("-n", configfile=config).stdout
+    for algo in ("grpo", "rloo", "ppo", "sft_continue"):
+        for run in (f"{algo}-2-s1", f"{algo}-6-s2"):
+            assert f"results/models/rl-{run}," in listed or f"results/models/rl-{run}\n" in listed, run
+            assert f"results/models/rl-{run}-u1" in listed and f"results/eval/rl-{run}.parquet" in listed
+    bad = smoke_with(workflow, "bad.yaml", "rl:\n  from_steps: [3]\n")
+    proc = workflow.run("-n", configfile=bad, check=False)
+    assert proc.returncode != 0 and "config key rl.from_steps: steps [3] are not in sft.save_steps" in proc.stdout + proc.stderr
+
+
+def test_rl_models_are_loadable_deterministic_and_reruns_stay_in_rl(workflow):
+    workflow.run("results/tables/rl_log.parquet")
+    root = workflow.path / "results" / "models"
+    runs = ["rl-grpo-6", "rl-ppo-6", "rl-sft_continue-6"]
+    for name in [*runs, *(f"{r}-u1" for r in runs)]:
+        model, tokenizer = models.load_model(root / name), models.load_tokenizer(root / name)
+        assert model.config.vocab_size == len(tokenizer)
+    log = pl.read_parquet(workflow.path / "results" / "tables" / "rl_log.parquet")
+    assert sorted(set(log["run"])) == ["grpo-6", "ppo-6", "sft_continue-6"]
+    assert log.filter(pl.col("algo") != "sft_continue", pl.col("update") > 0)["mean_reward"].null_count() == 0
+    assert log["probe_ood_accuracy"].null_count() == 0  # the probe ran at every update (every: 1)
+
+    # Same seed again: identical models, every algo.
+    first = {r: sha256(root / r / "model.safetensors") for r in runs}
+    for r in runs:
+        shutil.rmtree(root / r)
+    workflow.run(*(f"results/models/{r}" for r in runs))
+    assert {r: sha256(root / r / "model.safetensors") for r in runs} == first
+
+    # An RL setting reruns RL jobs and their downstream only: no data, base or SFT job.
+    smoke = (workflow.path / "config" / "smoke.yaml").read_text()
+    block = smoke[smoke.index("rl:\n"): smoke.index("sft:")]
+    lr = smoke_with(workflow, "lr.yaml", block + "  lr: 3.0e-4\n")
+    target = "results/tables/rl_log.parquet"
+    assert workflow.dry_run_jobs(target, configfile=lr) == {"rl": 2, "rl_log_table": 1}  # the control has no lr
+    clip = smoke_with(workflow, "clip.yaml", block.replace("{epochs: 1, minibatch: 4}", "{epochs: 1, minibatch: 4, clip: 0.3}"))
+    assert workflow.dry_run_jobs(target, configfile=clip) == {"rl": 1, "rl_log_table": 1}
+    assert workflow.dry_run_jobs(target) == {}
+
+
+def test_rloo_runs_through_trl(workflow):
+    config = smoke_with(workflow, "rloo.yaml", "rl:\n  algos: [rloo]\n  from_steps: [6]\n  control: false\n  updates: 2\n"
+                                               "  prompts_per_update: 2\n  num_generations: 2\n  max_new_tokens: 8\n"
+                                               "  probe: {every: 1, episodes: 4}\n")
+    workflow.run("results/tables/rl/rloo-6.parquet", configfile=config)
+    log = pl.read_parquet(workflow.path / "results" / "tables" / "rl" / "rloo-6.parquet")
+    assert log["update"].to_list() == [0, 1, 2] and log["completions"].drop_nulls().to_list() == [4, 4]
+    models.load_model(workflow.path / "results" / "models" / "rl-rloo-6")

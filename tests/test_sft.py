@@ -77,7 +77,9 @@ def test_sft_workflow_checkpoints_losses_and_determinism(workflow):
     changed = workflow.write_config(
         "lr.yaml", (workflow.path / "config" / "smoke.yaml").read_text() + "  lr: 1.0e-3\n"
     )
-    assert workflow.dry_run_jobs(configfile=changed) == {"sft": 1, "evaluate": 4, "accuracy_table": 1, "all": 1}
+    assert workflow.dry_run_jobs(configfile=changed) == {
+        "sft": 1, "evaluate": 4 + 6, "rl": 3, "rl_log_table": 1, "accuracy_table": 1, "all": 1
+    }  # 3 RL runs from sft-6 (grpo, ppo, control), each a final and an intermediate model to evaluate
 
 
 def test_frozen_weights_stay_bit_identical(workflow):
@@ -85,7 +87,7 @@ def test_frozen_weights_stay_bit_identical(workflow):
         "frozen.yaml",
         (workflow.path / "config" / "smoke.yaml").read_text() + '  freeze: [{pattern: "mlp", layers: [0, 0]}]\n',
     )
-    workflow.run(configfile=config)
+    workflow.run("results/tables/sft_log.parquet", configfile=config)
     from safetensors.torch import load_file
 
     root = workflow.path / "results" / "models"
@@ -99,9 +101,10 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(workflow):
     """A real SIGKILL of the whole snakemake process group after a checkpoint, then a rerun."""
     longer = (workflow.path / "config" / "smoke.yaml").read_text().replace(
         "  max_steps: 6\n  save_steps: [0, 2, 4, 6]\n  logging_steps: 2", "  max_steps: 120\n  save_steps: [0, 10, 120]\n  logging_steps: 40"
-    )
+    ).replace("from_steps: [6]", "from_steps: [120]")
     config = workflow.write_config("long.yaml", longer)
-    workflow.run(configfile=config)
+    target = "results/tables/sft_log.parquet"
+    workflow.run(target, configfile=config)
     root = workflow.path / "results" / "models"
     uninterrupted = models_of(root)
     import shutil
@@ -115,7 +118,7 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(workflow):
     log = workflow.path / "kill.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [str(SNAKEMAKE), "--cores", "2", "--configfile", config], cwd=workflow.path,
+            [str(SNAKEMAKE), target, "--cores", "2", "--configfile", config], cwd=workflow.path,
             stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
         )
     work = workflow.path / "results" / "work"
@@ -128,7 +131,7 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(workflow):
     assert not (root / "sft-120").exists()
 
     workflow.run("--unlock", configfile=config)  # what a user does after a kill
-    rerun = workflow.run("--rerun-incomplete", configfile=config)
+    rerun = workflow.run(target, "--rerun-incomplete", configfile=config)
     assert "resuming from" in (workflow.path / "logs" / "sft.log").read_text(), rerun.stderr[-2000:]
     assert models_of(root) == uninterrupted
 
