@@ -20,6 +20,8 @@ include: "rules/base.smk"
 include: "rules/sft.smk"
 include: "rules/rl.smk"
 include: "rules/evaluate.smk"
+include: "rules/spectrum.smk"
+include: "rules/restore.smk"
 
 
 rule all:

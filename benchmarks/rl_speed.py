@@ -37,6 +37,9 @@ def main() -> int:
     probe = rl.Probe(evaluate.episodes_from_rows(tests, rules, fmt), verifier, 1, cfg["eval"]["max_new_tokens"])
     print(f"model {args.model}; {cfg['rl']['prompts_per_update']} prompts x {cfg['rl']['num_generations']} samples per update, "
           f"{cfg['rl']['max_new_tokens']} new tokens, {args.threads} thread(s)")
+    import trl  # noqa: F401  imported once, outside the timings
+    from trl import GRPOTrainer, RLOOTrainer  # noqa: F401
+
     for algo in args.algos:
         seconds = []
         for updates in (1, 1 + args.updates):

@@ -88,7 +88,17 @@ def rl_slice(run):
     if algo != "ppo":
         skip |= {"ppo", "verify_turns"}
     if algo == "sft_continue":
-        skip |= {"num_generations", "temperature", "kl_coef", "lr", "lr_scheduler", "max_new_tokens", "max_grad_norm", "bf16", "rewards"}
+        skip |= {
+            "num_generations",
+            "temperature",
+            "kl_coef",
+            "lr",
+            "lr_scheduler",
+            "max_new_tokens",
+            "max_grad_norm",
+            "bf16",
+            "rewards",
+        }
     out = {
         "game": config["game"],
         "prompt": config["prompt"],
@@ -99,13 +109,70 @@ def rl_slice(run):
         "seed": seed,
     }
     if algo == "sft_continue":
-        out["sft"] = {k: v for k, v in config["sft"].items() if k not in ("save_steps", "max_steps", "logging_steps", "eval_examples")}
+        out["sft"] = {
+            k: v
+            for k, v in config["sft"].items()
+            if k not in ("save_steps", "max_steps", "logging_steps", "eval_examples")
+        }
     return out
 
 
 # Every model of the study is evaluated; model ids name their directories (results/models/{model_id}).
 RL_MODELS = [f"rl-{run}" for run in RL_RUNS] + [f"rl-{run}-u{u}" for run in RL_RUNS for u in RL_SAVE_UPDATES]
-EVAL_MODELS = ["base", *[f"sft-{step}" for step in SFT_STEPS], *RL_MODELS]
+STUDY_MODELS = ["base", *[f"sft-{step}" for step in SFT_STEPS], *RL_MODELS]
+
+
+def known_model(model_id, key):
+    """A model id the config names must be one the study makes."""
+    if model_id not in STUDY_MODELS:
+        raise ValueError(
+            f"config key {key}: {model_id!r} is not a model of this study (one of {STUDY_MODELS})"
+        )
+    return model_id
+
+
+# Spectrum pairs (a = reference, b = compared) and restoration edits, from config.
+SPECTRUM = config["spectrum"]
+
+
+def spectrum_pairs():
+    pairs = []
+    if SPECTRUM["base_vs_sft"]:
+        pairs += [("base", f"sft-{s}") for s in SFT_STEPS if s > 0]
+    best = SPECTRUM["best_ood_step"]
+    if best is not None:
+        known_model(f"sft-{best}", "spectrum.best_ood_step")
+        pairs += [(f"sft-{best}", f"sft-{s}") for s in SFT_STEPS if s > best]
+    if SPECTRUM["sft_vs_rl"]:
+        pairs += [(f"sft-{parse_rl_run(run)[1]}", f"rl-{run}") for run in RL_RUNS]
+    for i, (a, b) in enumerate(SPECTRUM["pairs"]):
+        pairs.append((known_model(a, f"spectrum.pairs.{i}"), known_model(b, f"spectrum.pairs.{i}")))
+    return list(dict.fromkeys(pairs))
+
+
+SPECTRUM_PAIRS = spectrum_pairs()
+EDITS = {edit["name"]: edit for edit in config["restore"]["edits"]}
+if len(EDITS) != len(config["restore"]["edits"]):
+    raise ValueError("config key restore.edits: edit names must be unique")
+for _name, _spec in EDITS.items():
+    known_model(_spec["base"], f"restore.edits.{_name}.base")
+    known_model(_spec["target"], f"restore.edits.{_name}.target")
+    if _spec["kind"] == "layers" and "layers" not in _spec:
+        raise ValueError(f"config key restore.edits.{_name}.layers: needed for kind 'layers'")
+EDIT_MODELS = [f"edit-{name}" for name in EDITS]
+
+
+def edit_inputs(wildcards):
+    """The two models of an edit, and their SVDs when the edit needs them."""
+    spec = EDITS[wildcards.edit]
+    inputs = {"base": f"results/models/{spec['base']}", "target": f"results/models/{spec['target']}"}
+    if spec["kind"] != "layers":
+        inputs["svd_base"] = f"results/svd/{spec['base']}.safetensors"
+        inputs["svd_target"] = f"results/svd/{spec['target']}.safetensors"
+    return inputs
+
+
+EVAL_MODELS = [*STUDY_MODELS, *EDIT_MODELS]
 
 
 def get_final_output():
@@ -114,10 +181,19 @@ def get_final_output():
         "results/tables/sft_log.parquet",
         "results/tables/accuracy.parquet",
         "results/tables/rl_log.parquet",
+        *[f"results/spectrum/{a}__{b}.parquet" for a, b in SPECTRUM_PAIRS],
+        "results/tables/spectrum.parquet",
+        "results/tables/restoration.parquet",
     ]
+
+
+MODEL_ID = r"base|sft-\d+|rl-[a-z_]+-\d+(-s\d+)?(-u\d+)?|edit-[A-Za-z0-9_]+"
 
 
 wildcard_constraints:
     split="|".join(SPLITS),
     rl_run=r"[a-z_]+-\d+(-s\d+)?",
-    model_id=r"base|sft-\d+|rl-[a-z_]+-\d+(-s\d+)?(-u\d+)?|edit-[A-Za-z0-9_]+",
+    a=MODEL_ID,
+    b=MODEL_ID,
+    edit=r"[A-Za-z0-9_]+",
+    model_id=MODEL_ID,

@@ -5,9 +5,7 @@ rule rl:
         tests=expand("results/data/{split}.jsonl", split=TEST_SPLITS),
     output:
         model=directory("results/models/rl-{rl_run}"),
-        checkpoints=directory(
-            expand("results/models/rl-{{rl_run}}-u{update}", update=RL_SAVE_UPDATES)
-        ),
+        checkpoints=directory(expand("results/models/rl-{{rl_run}}-u{update}", update=RL_SAVE_UPDATES)),
         log="results/tables/rl/{rl_run}.parquet",
     log:
         "logs/rl/{rl_run}.log",

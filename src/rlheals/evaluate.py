@@ -45,9 +45,12 @@ class Decoding:
     max_new_tokens: int = 48
 
     def generate_kwargs(self) -> dict:
+        """Every sampling setting explicit: a local model's generation_config.json (Qwen2.5 ships a
+        repetition penalty) must not change what is decoded, nor PPO's log-probabilities."""
+        neutral = {"repetition_penalty": 1.0, "typical_p": 1.0, "min_p": None, "no_repeat_ngram_size": 0}
         if not self.do_sample:
-            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": None}
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, **neutral}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": None, **neutral}
 
 
 def encode(tokenizer, conversation: list[dict]) -> list[int]:

@@ -112,6 +112,35 @@ def load_model(path: str | Path, dtype=None):
     )
 
 
+def load_weights(path: str | Path) -> dict:
+    """Every tensor of a model directory's safetensors files (all shards), as stored on disk."""
+    from safetensors.torch import load_file
+
+    path = check_model_dir(path)
+    weights = {}
+    for file in sorted(path.glob("*.safetensors")):
+        weights.update(load_file(file))
+    return weights
+
+
+def save_weights(weights: Mapping, like: str | Path, dst: str | Path) -> None:
+    """A model directory holding `weights` and every other file of `like` (config, tokenizer,
+    generation config), written to a temp directory and renamed into place."""
+    from safetensors.torch import save_file
+
+    like, dst = Path(like), Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for file in like.iterdir():
+        if file.is_file() and not file.name.startswith(".") and not file.name.startswith("model.safetensors") \
+                and file.suffix != ".safetensors":
+            shutil.copy(file, tmp / file.name)
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 

@@ -91,7 +91,9 @@ def _forward(model, head, steps: Sequence[Step], temperature: float, pad: int):
     logprobs = torch.log_softmax(logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])), -1)
     logprobs = logprobs.gather(2, targets[..., None]).squeeze(-1)
     mask = torch.tensor([[1.0] * len(s.answer) + [0.0] * (longest - len(s.answer)) for s in steps])
-    last_prompt = out.hidden_states[-1][torch.arange(len(steps)), starts]
+    # The critic reads the policy's features but does not train them: the policy moves by the policy
+    # gradient only (what the spectral analysis attributes to RL), the head by the value loss.
+    last_prompt = out.hidden_states[-1][torch.arange(len(steps)), starts].detach()
     return logprobs, mask, head(last_prompt.float()).squeeze(-1)
 
 
@@ -199,7 +201,9 @@ class PPO:
             loss = loss + s["kl_coef"] * kl
         self.optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.head.parameters()], s["max_grad_norm"])
+        # Clipped apart: one joint norm would let the critic's error shrink the policy's step.
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), s["max_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(self.head.parameters(), s["max_grad_norm"])
         self.optimizer.step()
         self.stats["policy_loss"] += loss_pi.item()
         self.stats["value_loss"] += loss_v.item()
@@ -224,12 +228,14 @@ def run(start: Path, rows: Sequence[Mapping], rules, fmt: str, settings: Mapping
     tokenizer = models.load_tokenizer(start)
     trainer = PPO(model, tokenizer, settings, verifier, seed)
     reward = rl.Reward(verifier)
-    per_update = settings["prompts_per_update"] * settings["num_generations"]
+    per_update, samples = settings["prompts_per_update"], settings["num_generations"]
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     log_rows = [{"update": 0, **probe(model, tokenizer)}]
     for update in range(1, settings["updates"] + 1):
-        picked = [rows[order[((update - 1) * per_update + i) % len(order)]] for i in range(per_update)]
+        # As GRPO: `prompts_per_update` hands, each played `num_generations` times.
+        hands = [rows[order[((update - 1) * per_update + i) % len(order)]] for i in range(per_update)]
+        picked = [hand for hand in hands for _ in range(samples)]
         episodes = [evaluate.Episode(f"{update}-{i}", r["rule"], tuple(r["cards"]), tuple(r["values"]),
                                      rl.prompt_rows([r], rules, fmt)[0]["prompt"][0]["content"]) for i, r in enumerate(picked)]
         steps = trainer.update(episodes)

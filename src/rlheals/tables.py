@@ -53,3 +53,25 @@ def rl_log_table(logs: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     table = pl.concat(frames, how="diagonal_relaxed")
     first = ["run", "algo", "sft_step", "seed", "update"]
     return table.select(*first, *[c for c in table.columns if c not in first]).sort("run", "update")
+
+
+def spectrum_table(pairs: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """The scalar metrics of every compared pair: one row per (a, b, matrix), one column per metric."""
+    long = pl.concat([p.filter(pl.col("rank_index").is_null()) for p in pairs])
+    return long.pivot(on="metric", index=["a", "b", "tensor", "layer", "module"], values="value").sort("a", "b", "tensor")
+
+
+def restoration_table(edits: Mapping[str, Mapping], episodes: Mapping[str, Sequence[Mapping]]) -> pl.DataFrame:
+    """Per edit and rule: the edited model's accuracy, its B's and T's, and the recovery fraction."""
+    from rlheals import restore
+
+    accuracy = {m: {rule: s["accuracy"] for rule, s in evaluate.summarize(rows).items()} for m, rows in episodes.items()}
+    rows = []
+    for name, spec in edits.items():
+        for rule, acc in accuracy[f"edit-{name}"].items():
+            base, target = accuracy[spec["base"]][rule], accuracy[spec["target"]][rule]
+            rows.append({"edit": name, "kind": spec["kind"], "base": spec["base"], "target": spec["target"],
+                         "top": spec.get("top", 0.0), "tail": spec.get("tail", 0.0), "layers": spec.get("layers"),
+                         "rule": rule, "acc_edit": acc, "acc_base": base, "acc_target": target,
+                         "recovery": restore.recovery(acc, base, target)})
+    return pl.DataFrame(rows, schema_overrides={"layers": pl.Float64})

@@ -1,0 +1,35 @@
+rule restore:
+    input:
+        unpack(edit_inputs),
+    output:
+        # Only a step to its evaluation: removed once evaluated.
+        temp(directory("results/models/edit-{edit}")),
+    log:
+        "logs/restore/{edit}.log",
+    params:
+        spec=lambda w: canonical(EDITS[w.edit]),
+    threads: max(1, min(workflow.cores, 8))
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/restore.py"
+
+
+rule restoration_table:
+    input:
+        edits=expand("results/eval/{model_id}.parquet", model_id=EDIT_MODELS),
+        references=sorted(
+            {f"results/eval/{s[k]}.parquet" for s in EDITS.values() for k in ("base", "target")}
+        ),
+    output:
+        parquet="results/tables/restoration.parquet",
+        csv="results/tables/restoration.csv",
+    log:
+        "logs/tables/restoration.log",
+    params:
+        edits=canonical(EDITS),
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/restoration_table.py"

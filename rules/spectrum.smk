@@ -1,0 +1,48 @@
+rule svd:
+    input:
+        "results/models/{model_id}",
+    output:
+        "results/svd/{model_id}.safetensors",
+    log:
+        "logs/svd/{model_id}.log",
+    benchmark:
+        "benchmarks/results/svd/{model_id}.tsv"
+    threads: max(1, min(workflow.cores, 8))
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/svd.py"
+
+
+rule spectrum:
+    input:
+        model_a="results/models/{a}",
+        model_b="results/models/{b}",
+        svd_a="results/svd/{a}.safetensors",
+        svd_b="results/svd/{b}.safetensors",
+    output:
+        "results/spectrum/{a}__{b}.parquet",
+    log:
+        "logs/spectrum/{a}__{b}.log",
+    params:
+        top_share=SPECTRUM["top_share"],
+    threads: max(1, min(workflow.cores, 8))
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/spectrum.py"
+
+
+rule spectrum_table:
+    input:
+        [f"results/spectrum/{a}__{b}.parquet" for a, b in SPECTRUM_PAIRS],
+    output:
+        parquet="results/tables/spectrum.parquet",
+        csv="results/tables/spectrum.csv",
+    log:
+        "logs/tables/spectrum.log",
+    localrule: True
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/spectrum_table.py"

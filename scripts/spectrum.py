@@ -1,0 +1,19 @@
+"""Compare two models matrix by matrix: singular value changes and singular vector rotations."""
+
+import polars as pl
+import torch
+from safetensors.torch import load_file
+
+from rlheals import models, runlog, spectrum
+
+log = runlog.setup(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+a, b = snakemake.wildcards.a, snakemake.wildcards.b
+rows = spectrum.compare_models(models.load_weights(snakemake.input.model_a), models.load_weights(snakemake.input.model_b),
+                               load_file(snakemake.input.svd_a), load_file(snakemake.input.svd_b), snakemake.params.top_share)
+table = pl.DataFrame(rows, schema_overrides={"layer": pl.Int64, "rank_index": pl.Int64}).select(
+    pl.lit(a).alias("a"), pl.lit(b).alias("b"), pl.all())
+runlog.write_atomic(snakemake.output[0], table.write_parquet)
+summary = table.filter(pl.col("metric").is_in(["u_angle_mean_deg", "mean_abs_sv_rel_change", "relative_update_norm"]))
+log.info("%s vs %s: %d rows; means: %s", a, b, table.height,
+         summary.group_by("metric").agg(pl.col("value").mean()).sort("metric").rows())
