@@ -14,6 +14,9 @@ study_config.check(config, workflow.source_path("config/schema.yaml"))
 validate(config, "config/schema.yaml")
 
 
+report: "rules/captions/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/base.smk"
@@ -22,6 +25,7 @@ include: "rules/rl.smk"
 include: "rules/evaluate.smk"
 include: "rules/spectrum.smk"
 include: "rules/restore.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -29,7 +29,7 @@ if config["model"]["source"] == "tiny":
             "benchmarks/results/base.tsv"
         params:
             cfg=canonical(base_slice()),
-        threads: max(1, min(workflow.cores, 8))
+        threads: 8
         conda:
             "../envs/train.yaml"
         script:

@@ -184,7 +184,21 @@ def get_final_output():
         *[f"results/spectrum/{a}__{b}.parquet" for a, b in SPECTRUM_PAIRS],
         "results/tables/spectrum.parquet",
         "results/tables/restoration.parquet",
+        "results/tables/findings.parquet",
+        "results/tables/checkpoints.parquet",
+        *[f"results/figures/{name}.svg" for name in FIGURES],
     ]
+
+
+FIGURES = [
+    "sft_accuracy",
+    "format_errors",
+    "spectrum_by_rank",
+    "rotation_heatmaps",
+    "update_norms",
+    "rotation_vs_ood",
+    "restoration",
+]
 
 
 MODEL_ID = r"base|sft-\d+|rl-[a-z_]+-\d+(-s\d+)?(-u\d+)?|edit-[A-Za-z0-9_]+"

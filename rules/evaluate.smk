@@ -10,7 +10,7 @@ rule evaluate:
         "benchmarks/results/eval/{model_id}.tsv"
     params:
         cfg=canonical(eval_slice()),
-    threads: max(1, min(workflow.cores, 4))
+    threads: 4
     conda:
         "../envs/analysis.yaml"
     script:

@@ -8,7 +8,7 @@ rule restore:
         "logs/restore/{edit}.log",
     params:
         spec=lambda w: canonical(EDITS[w.edit]),
-    threads: max(1, min(workflow.cores, 8))
+    threads: 8
     conda:
         "../envs/analysis.yaml"
     script:

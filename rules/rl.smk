@@ -14,7 +14,7 @@ rule rl:
     params:
         cfg=lambda w: canonical(rl_slice(w.rl_run)),
     # The tiny model gains nothing from a second thread; two runs side by side do.
-    threads: 1 if config["model"]["source"] == "tiny" else max(1, min(workflow.cores, 8))
+    threads: 1 if config["model"]["source"] == "tiny" else 8
     conda:
         "../envs/train.yaml"
     script:

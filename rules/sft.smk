@@ -13,7 +13,7 @@ rule sft:
         "benchmarks/results/sft.tsv"
     params:
         cfg=canonical(sft_slice()),
-    threads: max(1, min(workflow.cores, 8))
+    threads: 8
     conda:
         "../envs/train.yaml"
     script:

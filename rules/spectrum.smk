@@ -7,7 +7,7 @@ rule svd:
         "logs/svd/{model_id}.log",
     benchmark:
         "benchmarks/results/svd/{model_id}.tsv"
-    threads: max(1, min(workflow.cores, 8))
+    threads: 8
     conda:
         "../envs/analysis.yaml"
     script:
@@ -26,7 +26,7 @@ rule spectrum:
         "logs/spectrum/{a}__{b}.log",
     params:
         top_share=SPECTRUM["top_share"],
-    threads: max(1, min(workflow.cores, 8))
+    threads: 8
     conda:
         "../envs/analysis.yaml"
     script:

@@ -65,6 +65,30 @@ def test_sft_workflow_checkpoints_losses_and_determinism(workflow):
     assert losses["id_loss"].null_count() == 0 and losses["ood_loss"].null_count() == 0
     assert not (workflow.path / "results" / "work").exists() or not list((workflow.path / "results" / "work").iterdir())
 
+    # The analysis stages ran on every configured pair and edit; the edited models were only a step.
+    results = workflow.path / "results"
+    pairs = [("base", "sft-2"), ("base", "sft-4"), ("base", "sft-6"), ("sft-2", "sft-4"), ("sft-2", "sft-6"),
+             ("sft-6", "rl-grpo-6"), ("sft-6", "rl-ppo-6"), ("sft-6", "rl-sft_continue-6")]
+    assert sorted(p.stem for p in (results / "spectrum").glob("*.parquet")) == sorted(f"{a}__{b}" for a, b in pairs)
+    assert pl.read_parquet(results / "tables" / "spectrum.parquet").select("a", "b").n_unique() == len(pairs)
+    restoration = pl.read_parquet(results / "tables" / "restoration.parquet")
+    assert sorted(set(restoration["edit"])) == ["dirs_top50", "layers50", "reverse"] and restoration.height == 6
+    assert not list((results / "models").glob("edit-*")) and len(list((results / "eval").glob("edit-*"))) == 3
+
+    # The report: figures, findings, checkpoints; a style change reruns the figure rules alone.
+    assert len(list((results / "figures").glob("*.svg"))) == len(list((results / "figures").glob("*.html"))) == 7
+    found = pl.read_parquet(results / "tables" / "findings.parquet")
+    assert {"1", "2", "3", "5"} <= set(found["finding"]) and found["paper"].null_count() == 0
+    assert pl.read_parquet(results / "tables" / "checkpoints.parquet").height == 11  # base, 4 SFT, 6 RL
+    wider = workflow.write_config("wide.yaml", (workflow.path / "config" / "smoke.yaml").read_text().replace(
+        "spectrum:\n", "report: {width: 500}\nspectrum:\n", 1))
+    jobs = workflow.dry_run_jobs(configfile=wider)
+    assert set(jobs) == {"all"} | {f"figure_{n}" for n in ("sft_accuracy", "format_errors", "spectrum_by_rank",
+                                                          "rotation_heatmaps", "update_norms", "rotation_vs_ood", "restoration")}
+    workflow.run("--report", "report.html")
+    report = (workflow.path / "report.html").read_text()
+    assert "sft_accuracy.svg" in report and "findings.csv" in report
+
     # Same config and seed again, from scratch: identical weights, base included.
     base_sha = sha256(root / "base" / "model.safetensors")
     import shutil

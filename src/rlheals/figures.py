@@ -12,6 +12,12 @@ RULE_COLORS = alt.Scale(domain=["id", "ood"], range=["#1f77b4", "#d62728"])
 WIDTH, HEIGHT = 360, 220
 
 
+def apply_style(style: dict) -> None:
+    """Figure size from config (`report.width`, `report.height`): a style change reruns only the figures."""
+    global WIDTH, HEIGHT
+    WIDTH, HEIGHT = style["width"], style["height"]
+
+
 def save(chart: alt.TopLevelMixin, svg: str | Path, html: str | Path) -> None:
     chart.save(str(svg), format="svg")
     chart.save(str(html), format="html", inline=True)
@@ -70,10 +76,11 @@ def best_steps(accuracy: pl.DataFrame, losses: pl.DataFrame) -> pl.DataFrame:
 
 
 def recovery_window(recovery: pl.DataFrame) -> pl.DataFrame:
-    """Start steps where RL ended above the control on OOD: as [start, end] spans of consecutive steps."""
+    """Start steps where every RL seed ended above every control seed on OOD (the findings table's test),
+    as [start, end] spans reaching halfway to the neighbouring steps."""
     ood = recovery.filter(pl.col("rule") == "ood")
-    rl_arm = ood.filter(pl.col("algo") != "sft_continue").group_by("sft_step").agg(pl.col("acc_after").max())
-    control = ood.filter(pl.col("algo") == "sft_continue").select("sft_step", pl.col("acc_after").alias("control"))
+    rl_arm = ood.filter(pl.col("algo") != "sft_continue").group_by("sft_step").agg(pl.col("acc_after_min").max().alias("acc_after"))
+    control = ood.filter(pl.col("algo") == "sft_continue").select("sft_step", pl.col("acc_after_max").alias("control"))
     joined = rl_arm.join(control, on="sft_step").sort("sft_step")
     steps = joined["sft_step"].to_list()
     better = [a > c for a, c in zip(joined["acc_after"], joined["control"])]
@@ -108,6 +115,23 @@ def by_rank(spectrum_rows: pl.DataFrame, metric: str, title: str, y_title: str) 
     ).properties(width=WIDTH, height=HEIGHT, title=title)
 
 
+def spectrum_by_rank(rows: pl.DataFrame) -> alt.HConcatChart:
+    """Where the change sits along the spectrum: |relative singular value change| and the angle between
+    matching singular vectors, by rank index, for SFT and for RL."""
+    return alt.hconcat(by_rank(rows, "sv_rel_change", "Singular value change by rank", "|S_b - S_a| / S_a"),
+                       by_rank(rows, "u_angle_deg", "Rotation by rank", "angle of the i-th left singular vector (deg)"))
+
+
+def rotation_heatmaps(summary: pl.DataFrame, last_sft: str) -> alt.HConcatChart:
+    """Rotation by layer x module: SFT (base -> last SFT step) and RL (SFT step -> RL model, control excluded)."""
+    sft = summary.filter(pl.col("a") == "base", pl.col("b") == last_sft)
+    rl = summary.filter(pl.col("b").str.starts_with("rl-"), ~pl.col("b").str.starts_with("rl-sft_continue-"))
+    charts = [rotation_heatmap(sft, f"SFT: base -> {last_sft}")]
+    if rl.height:
+        charts.append(rotation_heatmap(rl, "RL: SFT step -> RL model (mean)"))
+    return alt.hconcat(*charts).resolve_scale(color="independent")
+
+
 def rotation_heatmap(summary: pl.DataFrame, title: str, metric: str = "u_angle_mean_deg") -> alt.Chart:
     """Mean top-k principal angle (degrees) by layer x module, averaged over the pairs given."""
     cells = summary.filter(pl.col("layer").is_not_null()).group_by("layer", "module").agg(pl.col(metric).mean())
@@ -122,10 +146,11 @@ def restoration(table: pl.DataFrame) -> alt.HConcatChart:
     layer resets vs the layer share, and every edit as a bar (the reverse edit included)."""
     ood = table.filter(pl.col("rule") == "ood").with_columns(
         pl.when(pl.col("kind") == "layers").then(pl.col("layers")).otherwise(pl.col("top") + pl.col("tail")).alias("share"))
-    svd = alt.Chart(ood.filter(pl.col("kind") != "layers", pl.col("tail") == 0)).mark_line(point=True).encode(
+    forward = ood.filter(~pl.col("target").str.starts_with("rl-"))  # the reverse edit is a bar only
+    svd = alt.Chart(forward.filter(pl.col("kind") != "layers", pl.col("tail") == 0).sort("share")).mark_line(point=True).encode(
         alt.X("share:Q", title="top share of the rank restored"), alt.Y("recovery:Q", title="OOD recovery fraction"),
         alt.Color("kind:N"), tooltip=["edit", "recovery"]).properties(width=240, height=HEIGHT, title="Top-k directions / vectors")
-    layers = alt.Chart(ood.filter(pl.col("kind") == "layers")).mark_line(point=True).encode(
+    layers = alt.Chart(forward.filter(pl.col("kind") == "layers").sort("share")).mark_line(point=True).encode(
         alt.X("share:Q", title="share of layers reset to B"), alt.Y("recovery:Q"), tooltip=["edit", "recovery"]
     ).properties(width=200, height=HEIGHT, title="Layer reset")
     bars = alt.Chart(ood).mark_bar().encode(alt.X("recovery:Q", title="OOD recovery fraction"), alt.Y("edit:N", sort="-x"),
@@ -136,12 +161,12 @@ def restoration(table: pl.DataFrame) -> alt.HConcatChart:
 
 def update_norms(summary: pl.DataFrame) -> alt.Chart:
     """Relative update norm ||dW|| / ||W|| by module and layer: SFT (base -> last SFT step) vs RL (SFT
-    step -> RL model), as in seed 003."""
+    step -> RL model) and the control, as in seed 003 (mean over the runs of each stage)."""
     cells = summary.filter(pl.col("layer").is_not_null()).group_by("stage", "layer", "module").agg(
         pl.col("relative_update_norm").mean())
     return alt.Chart(cells).mark_bar().encode(
         alt.X("module:N", sort=["q", "k", "v", "o", "gate", "up", "down"], title=None), alt.XOffset("stage:N"),
-        alt.Y("relative_update_norm:Q", title="||dW|| / ||W||", scale=alt.Scale(type="log")), alt.Color("stage:N"),
+        alt.Y("relative_update_norm:Q", title="||dW|| / ||W||"), alt.Color("stage:N"),
         alt.Row("layer:O"), tooltip=["stage", "layer", "module", "relative_update_norm"]
     ).properties(width=WIDTH, height=80, title="Relative update norm: SFT vs RL")
 

@@ -75,3 +75,61 @@ def restoration_table(edits: Mapping[str, Mapping], episodes: Mapping[str, Seque
                          "rule": rule, "acc_edit": acc, "acc_base": base, "acc_target": target,
                          "recovery": restore.recovery(acc, base, target)})
     return pl.DataFrame(rows, schema_overrides={"layers": pl.Float64})
+
+
+def rl_recovery_table(accuracy: pl.DataFrame) -> pl.DataFrame:
+    """Per (algo, SFT step, rule): accuracy of the SFT checkpoint (before), of the final RL models (after:
+    mean, min and max over seeds), the best SFT accuracy (peak), and the recovered share of the drop from
+    the peak, (after - before) / (peak - before), defined where the start is below the peak."""
+    sft = accuracy.filter(pl.col("stage") == "sft").select("sft_step", "rule", pl.col("accuracy").alias("acc_before"))
+    peak = sft.group_by("rule").agg(pl.col("acc_before").max().alias("acc_peak"))
+    final = accuracy.filter(pl.col("stage") == "rl", pl.col("rl_update").is_null())
+    after = final.group_by("algo", "sft_step", "rule").agg(
+        pl.col("accuracy").mean().alias("acc_after"), pl.col("accuracy").min().alias("acc_after_min"),
+        pl.col("accuracy").max().alias("acc_after_max"), pl.len().alias("n_seeds"))
+    table = after.join(sft, on=["sft_step", "rule"]).join(peak, on="rule").with_columns(
+        pl.when(pl.col("acc_peak") > pl.col("acc_before"))
+        .then((pl.col("acc_after") - pl.col("acc_before")) / (pl.col("acc_peak") - pl.col("acc_before")))
+        .otherwise(None).alias("recovered_share"))
+    return table.sort("rule", "sft_step", "algo")
+
+
+def checkpoint_table(model_dirs: Mapping[str, str]) -> pl.DataFrame:
+    """Which model id is which: stage, step, RL update, seed, directory and the sha256 of its weights."""
+    import hashlib
+    from pathlib import Path
+
+    rows = []
+    for model_id, path in sorted(model_dirs.items()):
+        digest = hashlib.sha256()
+        for file in sorted(Path(path).glob("*.safetensors")):
+            digest.update(file.read_bytes())
+        rows.append({"model_id": model_id, **parse_model_id(model_id), "path": str(path), "sha256": digest.hexdigest()})
+    return pl.DataFrame(rows, schema_overrides={"sft_step": pl.Int64, "rl_update": pl.Int64, "seed": pl.Int64, "algo": pl.String})
+
+
+def sft_curve(accuracy: pl.DataFrame, losses: pl.DataFrame) -> pl.DataFrame:
+    """One row per SFT step: train and held-out losses, ID and OOD accuracy, format errors, value mapping."""
+    sft = accuracy.filter(pl.col("stage") == "sft").pivot(
+        on="rule", index="sft_step", values=["accuracy", "format_error_rate", "value_mapping_accuracy"])
+    return sft.join(losses.rename({"step": "sft_step"}), on="sft_step", how="left").sort("sft_step")
+
+
+def update_norms(spectrum: pl.DataFrame, last_sft: str) -> pl.DataFrame:
+    """||dW|| / ||W|| per layer and module: SFT (base -> last SFT step), RL and the continued-SFT control
+    (SFT step -> the models started from it)."""
+    stage = (pl.when((pl.col("a") == "base") & (pl.col("b") == last_sft)).then(pl.lit("SFT"))
+             .when(pl.col("b").str.starts_with("rl-sft_continue-")).then(pl.lit("control"))
+             .when(pl.col("b").str.starts_with("rl-")).then(pl.lit("RL")).otherwise(None))
+    return (spectrum.with_columns(stage.alias("stage")).drop_nulls("stage")
+            .select("stage", "a", "b", "tensor", "layer", "module", "relative_update_norm").sort("stage", "a", "b", "tensor"))
+
+
+def rotation_points(spectrum: pl.DataFrame, accuracy: pl.DataFrame) -> pl.DataFrame:
+    """Per SFT step: the mean top-k principal angle to the base model (over every matrix) and the OOD
+    accuracy, for the rotation-vs-OOD question."""
+    rotation = (spectrum.filter(pl.col("a") == "base", pl.col("b").str.starts_with("sft-"))
+                .group_by("b").agg(pl.col("u_angle_mean_deg").mean().alias("rotation"))
+                .with_columns(pl.col("b").str.strip_prefix("sft-").cast(pl.Int64).alias("sft_step")))
+    ood = accuracy.filter(pl.col("stage") == "sft", pl.col("rule") == "ood").select("sft_step", pl.col("accuracy").alias("ood_accuracy"))
+    return rotation.join(ood, on="sft_step").select("sft_step", "rotation", "ood_accuracy").sort("sft_step")

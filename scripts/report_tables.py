@@ -1,0 +1,27 @@
+"""The report's tables: SFT curve, RL recovery, update norms and the findings table (parquet + csv)."""
+
+import polars as pl
+
+from rlheals import findings, runlog, tables
+
+log = runlog.setup(snakemake.log[0])
+accuracy = pl.read_parquet(snakemake.input.accuracy)
+losses = pl.read_parquet(snakemake.input.losses)
+spectrum = pl.read_parquet(snakemake.input.spectrum)
+restoration = pl.read_parquet(snakemake.input.restoration)
+last = snakemake.params.last_sft
+recovery = tables.rl_recovery_table(accuracy)
+points = tables.rotation_points(spectrum, accuracy)
+found = pl.DataFrame(
+    [*findings.sft_forgetting(accuracy, losses), *findings.rl_healing(recovery),
+     *findings.spectrum_stability(spectrum, pl.read_parquet(snakemake.input.by_rank), "base", last),
+     *findings.rotation_predicts_ood(points), *findings.restoration_findings(restoration, snakemake.params.episodes),
+     *findings.update_norms(spectrum, "base", last)],
+    schema_overrides={"value": pl.Float64, "reproduced": pl.Boolean})
+out = {"sft_curve": tables.sft_curve(accuracy, losses), "rl_recovery": recovery,
+       "update_norms": tables.update_norms(spectrum, last), "findings": found}
+for name, table in out.items():
+    runlog.write_atomic(getattr(snakemake.output, name), table.write_csv)
+    runlog.write_atomic(f"results/tables/{name}.parquet", table.write_parquet)
+with pl.Config(tbl_rows=100, fmt_str_lengths=80, tbl_width_chars=200):
+    log.info("%s", found.select("finding", "claim", "value", "reproduced"))

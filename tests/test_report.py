@@ -1,0 +1,104 @@
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from rlheals import figures, findings, tables
+
+
+def accuracy_rows(ood_by_step: dict[int, float], rl: dict[tuple[str, int, int], float] = {}, n: int = 500) -> pl.DataFrame:
+    """An accuracy table as the workflow writes it: SFT steps (ID = OOD + 5 points) and RL models."""
+    episodes = {}
+    for step, acc in ood_by_step.items():
+        for rule, a in (("ood", acc), ("id", acc + 0.05)):
+            k = round(a * n)
+            episodes.setdefault(f"sft-{step}", []).extend(
+                [{"rule": rule, "correct": i < k, "first_correct": i < k, "format_error": False, "value_mapping": True,
+                  "tries": 1} for i in range(n)])
+    for (algo, step, seed), acc in rl.items():
+        k = round(acc * n)
+        episodes[f"rl-{algo}-{step}-s{seed}"] = [{"rule": "ood", "correct": i < k, "first_correct": i < k,
+                                                  "format_error": False, "value_mapping": True, "tries": 1} for i in range(n)]
+    return tables.accuracy_table(episodes)
+
+
+def test_forgetting_is_found_only_when_the_peak_clearly_beats_the_end():
+    losses = pl.DataFrame({"step": [0, 100, 200, 300], "train_loss": [2.0, 1.0, 0.5, 0.2], "ood_loss": [2.0, 0.9, 1.0, 1.5]})
+    peaked = findings.sft_forgetting(accuracy_rows({0: 0.03, 100: 0.15, 200: 0.10, 300: 0.04}), losses)
+    assert peaked[0]["reproduced"] is True and peaked[0]["value"] == pytest.approx(11.0)
+    assert "peak at step 100 of 300" in peaked[0]["note"]
+    assert peaked[1]["reproduced"] is False  # the lowest OOD loss is at the best-OOD step here
+    flat = findings.sft_forgetting(accuracy_rows({0: 0.05, 100: 0.06, 200: 0.055, 300: 0.05}), losses)
+    assert flat[0]["reproduced"] is False  # a one-point dip is inside the Wilson intervals
+
+
+def test_rl_healing_compares_with_the_control_across_seeds():
+    acc = accuracy_rows({0: 0.02, 100: 0.10, 200: 0.03},
+                        {("grpo", 200, 1): 0.09, ("grpo", 200, 2): 0.08, ("sft_continue", 200, 1): 0.04, ("sft_continue", 200, 2): 0.05,
+                         ("grpo", 100, 1): 0.10, ("grpo", 100, 2): 0.12, ("sft_continue", 100, 1): 0.11, ("sft_continue", 100, 2): 0.09})
+    recovery = tables.rl_recovery_table(acc)
+    row = recovery.filter(pl.col("algo") == "grpo", pl.col("sft_step") == 200, pl.col("rule") == "ood").row(0, named=True)
+    assert row["acc_after"] == pytest.approx(0.085) and row["n_seeds"] == 2
+    assert row["recovered_share"] == pytest.approx((0.085 - 0.03) / (0.10 - 0.03))
+    healed = {r["claim"]: r for r in findings.rl_healing(recovery)}
+    assert healed["RL (grpo) from SFT step 200 restores OOD accuracy beyond the control"]["reproduced"] is True
+    assert healed["RL (grpo) from SFT step 100 restores OOD accuracy beyond the control"]["reproduced"] is False  # seeds overlap
+    window = figures.recovery_window(recovery)
+    assert window.height == 1 and window["start"][0] == 150.0 and window["end"][0] == 200.0
+
+
+def test_recovery_standard_error_and_rank_correlation():
+    se = findings.recovery_se(0.15, 0.20, 0.10, 500)
+    assert 0.1 < se < 0.5 and math.isnan(findings.recovery_se(0.1, 0.1, 0.1, 500))
+    assert findings.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert findings.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_figures_render_offline_to_svg(tmp_path):
+    acc = accuracy_rows({0: 0.02, 100: 0.10, 200: 0.03}, {("grpo", 200, 1): 0.09, ("sft_continue", 200, 1): 0.04})
+    losses = pl.DataFrame({"step": [0, 100, 200], "train_loss": [2.0, 1.0, 0.5], "ood_loss": [2.0, 0.9, 1.0]})
+    chart = figures.sft_accuracy(acc, losses, tables.rl_recovery_table(acc))
+    figures.save(chart, tmp_path / "f.svg", tmp_path / "f.html")
+    svg, html = (tmp_path / "f.svg").read_text(), (tmp_path / "f.html").read_text()
+    assert svg.startswith("<svg") and "Accuracy vs SFT step" in svg and svg.count("<path") > 10
+    assert "cdn.jsdelivr" not in html and "https://" not in html.split("<script")[0]  # vega inlined, nothing fetched
+
+
+CHROMIUM = shutil.which("chromium")
+# Every request the page could make fails: a figure that renders here needs no network.
+OFFLINE = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", "--no-first-run", "--disable-extensions", "--proxy-server=127.0.0.1:9",
+           "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000", "--window-size=1200,800"]
+
+
+def screenshot(page: Path, out: Path) -> "Image":
+    from PIL import Image
+
+    subprocess.run([CHROMIUM, *OFFLINE, f"--screenshot={out}", page.as_uri()], capture_output=True, timeout=120, check=True)
+    return Image.open(out).convert("L")
+
+
+def drawn_share(image) -> float:
+    """Share of pixels that are not background white."""
+    histogram = image.histogram()
+    return 1 - sum(histogram[245:]) / sum(histogram)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt-get install chromium)")
+def test_report_and_every_figure_render_offline_in_chromium(workflow, tmp_path):
+    workflow.run()
+    workflow.run("--report", "report.html")
+    figures_dir = workflow.path / "results" / "figures"
+    pages = sorted(figures_dir.glob("*.html"))
+    assert len(pages) == 7
+    for page in pages:
+        html = page.read_text()
+        assert not re.search(r"<(script|link)[^>]+(src|href)=\"https?://", html), page.name  # nothing fetched
+        share = drawn_share(screenshot(page, tmp_path / f"{page.stem}.png"))
+        assert share > 0.003, f"{page.name} renders blank offline ({share:.4f} of the pixels drawn)"
+    assert drawn_share(screenshot(workflow.path / "report.html", tmp_path / "report.png")) > 0.003
