@@ -29,9 +29,12 @@ def keys(rows):
 
 # What an SFT change reruns downstream on the smoke config: 3 RL runs from sft-6 (grpo, ppo, control);
 # the evaluation of 4 SFT checkpoints, 6 RL models and 3 edits; the SVD of every compared model but the
-# base; all 8 spectrum pairs; the 3 edits; every table.
+# base; all 8 spectrum pairs; the 3 edits; every table and figure.
+FIGURES = ("sft_accuracy", "format_errors", "spectrum_by_rank", "rotation_heatmaps", "update_norms", "rotation_vs_ood",
+           "restoration")
 AFTER_SFT = {"rl": 3, "evaluate": 4 + 6 + 3, "svd": 6, "spectrum": 8, "restore": 3, "rl_log_table": 1,
-             "spectrum_table": 1, "accuracy_table": 1, "restoration_table": 1, "all": 1}
+             "spectrum_table": 1, "accuracy_table": 1, "restoration_table": 1, "report_tables": 1,
+             "checkpoints_table": 1, **{f"figure_{name}": 1 for name in FIGURES}, "all": 1}
 
 
 def test_splits_are_solvable_follow_their_rule_and_never_leak():
@@ -74,10 +77,6 @@ def test_workflow_data_rule(workflow):
     # A completed run schedules nothing.
     assert workflow.dry_run_jobs() == {}
 
-    # Same seed from scratch: byte-identical splits.
-    shutil.rmtree(workflow.path / "results")
-    workflow.run()
-    assert {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS} == first
 
     # A changed data setting reruns only the data job it touches and what depends on it: here SFT, the RL
     # runs from its checkpoints and the evaluation of every model after SFT,
@@ -99,3 +98,8 @@ def test_workflow_data_rule(workflow):
     )
     reordered = workflow.write_config("reordered.yaml", smoke.replace(data_block, reordered_block))
     assert workflow.dry_run_jobs(configfile=reordered) == {}
+
+    # Same seed from scratch: byte-identical splits.
+    shutil.rmtree(workflow.path / "results")
+    workflow.run("results/data/manifest.json")
+    assert {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS} == first
