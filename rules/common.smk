@@ -157,8 +157,8 @@ if len(EDITS) != len(config["restore"]["edits"]):
 for _name, _spec in EDITS.items():
     known_model(_spec["base"], f"restore.edits.{_name}.base")
     known_model(_spec["target"], f"restore.edits.{_name}.target")
-    if _spec["kind"] == "layers" and "layers" not in _spec:
-        raise ValueError(f"config key restore.edits.{_name}.layers: needed for kind 'layers'")
+    if _spec["kind"] == "layers" and "layers" not in _spec and "layer_range" not in _spec:
+        raise ValueError(f"config key restore.edits.{_name}.layers: kind 'layers' needs layers (a share) or layer_range")
 EDIT_MODELS = [f"edit-{name}" for name in EDITS]
 
 

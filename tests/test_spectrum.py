@@ -96,6 +96,14 @@ def test_layer_reset_leaves_other_layers_bit_identical():
         assert torch.equal(w, b[name] if from_b else t[name]), name
 
 
+def test_a_layer_range_resets_only_those_layers():
+    b, t = state(0), state(1)
+    edited = restore.edit({"kind": "layers", "layer_range": [1, 2]}, b, t, {}, {})
+    for name, w in edited.items():
+        from_b = name.startswith(("model.layers.1.", "model.layers.2."))
+        assert torch.equal(w, b[name] if from_b else t[name]), name
+
+
 def test_svd_edits_keep_the_target_dtype_and_touch_only_matched_modules():
     b, t = state(0, torch.bfloat16), state(1, torch.bfloat16)
     svds_b, svds_t = spectrum.svd_model(b), spectrum.svd_model(t)

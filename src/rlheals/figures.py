@@ -150,7 +150,7 @@ def restoration(table: pl.DataFrame) -> alt.HConcatChart:
     svd = alt.Chart(forward.filter(pl.col("kind") != "layers", pl.col("tail") == 0).sort("share")).mark_line(point=True).encode(
         alt.X("share:Q", title="top share of the rank restored"), alt.Y("recovery:Q", title="OOD recovery fraction"),
         alt.Color("kind:N"), tooltip=["edit", "recovery"]).properties(width=240, height=HEIGHT, title="Top-k directions / vectors")
-    layers = alt.Chart(forward.filter(pl.col("kind") == "layers").sort("share")).mark_line(point=True).encode(
+    layers = alt.Chart(forward.filter(pl.col("kind") == "layers", pl.col("share").is_not_null()).sort("share")).mark_line(point=True).encode(
         alt.X("share:Q", title="share of layers reset to B"), alt.Y("recovery:Q"), tooltip=["edit", "recovery"]
     ).properties(width=200, height=HEIGHT, title="Layer reset")
     bars = alt.Chart(ood).mark_bar().encode(alt.X("recovery:Q", title="OOD recovery fraction"), alt.Y("edit:N", sort="-x"),

@@ -7,8 +7,8 @@ model T, then evaluate the edited model.
   When k_top + k_tail = n this is U_B S_T V_B^T (the public code returned B unchanged). U' and V' are
   orthonormalised (B's restored directions kept exactly, T's projected off them), so a directions-only
   edit keeps T's singular values exactly; `orthonormal: false` is the public code's plain concatenation.
-- `layers`: the first share of the layers (and the embeddings) copied from B; every other tensor is T's,
-  bit for bit.
+- `layers`: the first share of the layers (and the embeddings) copied from B, or any `layer_range`
+  [first, last]; every other tensor is T's, bit for bit.
 An edit with B = an SFT checkpoint and T = an RL model is the papers' "reverse" edit. The edited model
 keeps T's dtype. SVDs come from the per-model cache (rlheals.spectrum.svd_model)."""
 
@@ -62,10 +62,15 @@ def edit(spec: Mapping, weights_b: Mapping, weights_t: Mapping, svds_b: Mapping,
     out = dict(weights_t)
     if kind == "layers":
         n_layers = 1 + max(int(m.group(1)) for name in weights_t if (m := _LAYER.match(name)))
-        first = round(spec["layers"] * n_layers)
+        if spec.get("layer_range") is not None:  # [first, last], inclusive; the embeddings stay T's
+            lo, hi = spec["layer_range"]
+            embeddings = False
+        else:  # the first share of the layers, and the embeddings (the papers' reset)
+            lo, hi = 0, round(spec["layers"] * n_layers) - 1
+            embeddings = True
         for name in weights_t:
             m = _LAYER.match(name)
-            if (m and int(m.group(1)) < first) or name == "model.embed_tokens.weight":
+            if (m and lo <= int(m.group(1)) <= hi) or (embeddings and name == "model.embed_tokens.weight"):
                 out[name] = weights_b[name].clone()
         return out
     pattern = re.compile(spec.get("modules", r"_proj\.weight$"))

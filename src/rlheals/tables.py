@@ -72,9 +72,10 @@ def restoration_table(edits: Mapping[str, Mapping], episodes: Mapping[str, Seque
             base, target = accuracy[spec["base"]][rule], accuracy[spec["target"]][rule]
             rows.append({"edit": name, "kind": spec["kind"], "base": spec["base"], "target": spec["target"],
                          "top": spec.get("top", 0.0), "tail": spec.get("tail", 0.0), "layers": spec.get("layers"),
+                         "layer_range": None if spec.get("layer_range") is None else "{}-{}".format(*spec["layer_range"]),
                          "rule": rule, "acc_edit": acc, "acc_base": base, "acc_target": target,
                          "recovery": restore.recovery(acc, base, target)})
-    return pl.DataFrame(rows, schema_overrides={"layers": pl.Float64})
+    return pl.DataFrame(rows, schema_overrides={"layers": pl.Float64, "layer_range": pl.String})
 
 
 def rl_recovery_table(accuracy: pl.DataFrame) -> pl.DataFrame:
