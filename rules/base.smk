@@ -11,6 +11,7 @@ if config["model"]["source"] == "tiny":
             "logs/pretrain_corpus.log",
         params:
             cfg=canonical(pretrain_corpus_slice()),
+            code=code_of("pretrain_corpus.py"),
         conda:
             "../envs/analysis.yaml"
         script:
@@ -29,6 +30,7 @@ if config["model"]["source"] == "tiny":
             "benchmarks/results/base.tsv"
         params:
             cfg=canonical(base_slice()),
+            code=code_of("base_tiny.py"),
         threads: 8
         conda:
             "../envs/train.yaml"
@@ -44,6 +46,7 @@ else:
             "logs/base.log",
         params:
             source=config["model"]["local_path"],
+            code=code_of("base_local.py"),
         localrule: True
         conda:
             "../envs/train.yaml"

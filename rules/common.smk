@@ -1,9 +1,43 @@
 # Config helpers and target lists shared by every stage. Kept light: every cluster job re-parses this.
+import hashlib
+import importlib.util
 import json
 import re
+from pathlib import Path
 
 SPLITS = ["sft_train", "rl_train", "id_test", "ood_test"]
 TEST_SPLITS = ["id_test", "ood_test"]
+
+
+# Snakemake reruns a job when its script changes, not when the package code it calls does: each rule
+# also gets, as a param, a hash of the rlheals modules its script imports (transitively).
+PACKAGE_DIR = Path(importlib.util.find_spec("rlheals").submodule_search_locations[0])
+_IMPORTS = re.compile(r"^\s*from rlheals(?:\.(\w+))? import ([\w, ]+)|^\s*import rlheals\.(\w+)", re.M)
+
+
+def _package_imports(text):
+    found = set()
+    for submodule, names, plain in _IMPORTS.findall(text):
+        found |= (
+            {submodule or plain}
+            if submodule or plain
+            else {n.split(" as ")[0].strip() for n in names.split(",")}
+        )
+    return {m for m in found if (PACKAGE_DIR / f"{m}.py").exists()}
+
+
+def code_of(script):
+    """A hash of the package modules `scripts/<script>` uses: editing one reruns the rules that use it."""
+    todo, seen = _package_imports((Path(workflow.basedir) / "scripts" / script).read_text()), set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo |= _package_imports((PACKAGE_DIR / f"{name}.py").read_text())
+    digest = hashlib.sha256()
+    for name in sorted(seen):
+        digest.update(name.encode() + (PACKAGE_DIR / f"{name}.py").read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def canonical(obj):
@@ -158,7 +192,9 @@ for _name, _spec in EDITS.items():
     known_model(_spec["base"], f"restore.edits.{_name}.base")
     known_model(_spec["target"], f"restore.edits.{_name}.target")
     if _spec["kind"] == "layers" and "layers" not in _spec and "layer_range" not in _spec:
-        raise ValueError(f"config key restore.edits.{_name}.layers: kind 'layers' needs layers (a share) or layer_range")
+        raise ValueError(
+            f"config key restore.edits.{_name}.layers: kind 'layers' needs layers (a share) or layer_range"
+        )
 EDIT_MODELS = [f"edit-{name}" for name in EDITS]
 
 

@@ -4,6 +4,7 @@ rule data_split:
     log:
         "logs/data/{split}.log",
     params:
+        code=code_of("data_split.py"),
         cfg=lambda wc: canonical(data_slice(wc.split)),
     conda:
         "../envs/analysis.yaml"
@@ -19,6 +20,7 @@ rule data_manifest:
     log:
         "logs/data/manifest.log",
     params:
+        code=code_of("data_manifest.py"),
         cfg=canonical({"game": config["game"], "data": config["data"]}),
     localrule: True
     conda:

@@ -9,6 +9,7 @@ rule evaluate:
     benchmark:
         "benchmarks/results/eval/{model_id}.tsv"
     params:
+        code=code_of("evaluate.py"),
         cfg=canonical(eval_slice()),
     threads: 4
     conda:
@@ -26,6 +27,8 @@ rule accuracy_table:
     log:
         "logs/tables/accuracy.log",
     localrule: True
+    params:
+        code=code_of("accuracy_table.py"),
     conda:
         "../envs/analysis.yaml"
     script:

@@ -29,6 +29,7 @@ rule report_tables:
     log:
         "logs/tables/report_tables.log",
     params:
+        code=code_of("report_tables.py"),
         last_sft=LAST_SFT,
         episodes=config["eval"]["episodes"],
     localrule: True
@@ -47,6 +48,8 @@ rule checkpoints_table:
     log:
         "logs/tables/checkpoints.log",
     localrule: True
+    params:
+        code=code_of("checkpoints_table.py"),
     conda:
         "../envs/analysis.yaml"
     script:
@@ -66,6 +69,7 @@ rule figure_sft_accuracy:
     log:
         "logs/figures/sft_accuracy.log",
     params:
+        code=code_of("figure.py"),
         style=canonical(STYLE),
     conda:
         "../envs/analysis.yaml"
@@ -86,6 +90,7 @@ rule figure_format_errors:
     log:
         "logs/figures/format_errors.log",
     params:
+        code=code_of("figure.py"),
         style=canonical(STYLE),
     conda:
         "../envs/analysis.yaml"
@@ -109,6 +114,7 @@ rule figure_spectrum_by_rank:
     log:
         "logs/figures/spectrum_by_rank.log",
     params:
+        code=code_of("figure.py"),
         style=canonical(STYLE),
     conda:
         "../envs/analysis.yaml"
@@ -129,6 +135,7 @@ rule figure_rotation_heatmaps:
     log:
         "logs/figures/rotation_heatmaps.log",
     params:
+        code=code_of("figure.py"),
         style=canonical(STYLE),
         last_sft=LAST_SFT,
     conda:
@@ -150,6 +157,7 @@ rule figure_update_norms:
     log:
         "logs/figures/update_norms.log",
     params:
+        code=code_of("figure.py"),
         style=canonical(STYLE),
     conda:
         "../envs/analysis.yaml"
@@ -171,6 +179,7 @@ rule figure_rotation_vs_ood:
     log:
         "logs/figures/rotation_vs_ood.log",
     params:
+        code=code_of("figure.py"),
         style=canonical(STYLE),
     conda:
         "../envs/analysis.yaml"
@@ -189,6 +198,7 @@ rule figure_restoration:
     log:
         "logs/figures/restoration.log",
     params:
+        code=code_of("figure.py"),
         style=canonical(STYLE),
     conda:
         "../envs/analysis.yaml"

@@ -7,6 +7,7 @@ rule restore:
     log:
         "logs/restore/{edit}.log",
     params:
+        code=code_of("restore.py"),
         spec=lambda w: canonical(EDITS[w.edit]),
     threads: 8
     conda:
@@ -27,6 +28,7 @@ rule restoration_table:
     log:
         "logs/tables/restoration.log",
     params:
+        code=code_of("restoration_table.py"),
         edits=canonical(EDITS),
     localrule: True
     conda:

@@ -12,6 +12,7 @@ rule rl:
     benchmark:
         "benchmarks/results/rl/{rl_run}.tsv"
     params:
+        code=code_of("rl.py"),
         cfg=lambda w: canonical(rl_slice(w.rl_run)),
     # The tiny model gains nothing from a second thread; two runs side by side do.
     threads: 1 if config["model"]["source"] == "tiny" else 8
@@ -30,6 +31,8 @@ rule rl_log_table:
     log:
         "logs/tables/rl_log.log",
     localrule: True
+    params:
+        code=code_of("rl_log_table.py"),
     conda:
         "../envs/analysis.yaml"
     script:

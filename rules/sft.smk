@@ -12,6 +12,7 @@ rule sft:
     benchmark:
         "benchmarks/results/sft.tsv"
     params:
+        code=code_of("sft.py"),
         cfg=canonical(sft_slice()),
     threads: 8
     conda:

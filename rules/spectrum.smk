@@ -8,6 +8,8 @@ rule svd:
     benchmark:
         "benchmarks/results/svd/{model_id}.tsv"
     threads: 8
+    params:
+        code=code_of("svd.py"),
     conda:
         "../envs/analysis.yaml"
     script:
@@ -25,6 +27,7 @@ rule spectrum:
     log:
         "logs/spectrum/{a}__{b}.log",
     params:
+        code=code_of("spectrum.py"),
         top_share=SPECTRUM["top_share"],
     threads: 8
     conda:
@@ -42,6 +45,8 @@ rule spectrum_table:
     log:
         "logs/tables/spectrum.log",
     localrule: True
+    params:
+        code=code_of("spectrum_table.py"),
     conda:
         "../envs/analysis.yaml"
     script:

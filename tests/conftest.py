@@ -19,16 +19,16 @@ class Workflow:
             src = ROOT / part
             (shutil.copytree if src.is_dir() else shutil.copy)(src, path / part)
 
-    def run(self, *args, configfile="config/smoke.yaml", check=True) -> subprocess.CompletedProcess:
+    def run(self, *args, configfile="config/smoke.yaml", check=True, env=None) -> subprocess.CompletedProcess:
         cmd = [str(SNAKEMAKE), *args, "--cores", "2", "--configfile", configfile]  # targets before --configfile (nargs="+")
-        proc = subprocess.run(cmd, cwd=self.path, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=self.path, capture_output=True, text=True, env=env)
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
 
-    def dry_run_jobs(self, *args, configfile="config/smoke.yaml") -> dict[str, int]:
+    def dry_run_jobs(self, *args, configfile="config/smoke.yaml", env=None) -> dict[str, int]:
         """Rule name -> number of jobs a dry run would run."""
-        out = self.run(*args, "-n", "--quiet", "rules", configfile=configfile).stdout  # targets first: --quiet takes values
+        out = self.run(*args, "-n", "--quiet", "rules", configfile=configfile, env=env).stdout  # targets first: --quiet takes values
         jobs = {}
         for line in out.splitlines():
             parts = line.split()

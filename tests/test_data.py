@@ -103,3 +103,22 @@ def test_workflow_data_rule(workflow):
     shutil.rmtree(workflow.path / "results")
     workflow.run("results/data/manifest.json")
     assert {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS} == first
+
+
+def test_editing_a_package_module_reruns_the_rules_that_use_it(workflow):
+    """Rules hash the rlheals modules their scripts import (transitively): here on a copy of the package."""
+    import os
+
+    from conftest import ROOT
+
+    shutil.copytree(ROOT / "src", workflow.path / "src")
+    env = {**os.environ, "PYTHONPATH": str(workflow.path / "src")}
+    target = "results/data/manifest.json"
+    workflow.run(target, env=env)
+    assert workflow.dry_run_jobs(target, env=env) == {}
+    package = workflow.path / "src" / "rlheals"
+    for unused in ("spectrum.py", "ppo.py", "figures.py"):  # not imported by the data scripts
+        (package / unused).write_text((package / unused).read_text() + "\n# edited\n")
+    assert workflow.dry_run_jobs(target, env=env) == {}
+    (package / "formula.py").write_text((package / "formula.py").read_text() + "\n# edited\n")  # data -> cards -> formula
+    assert workflow.dry_run_jobs(target, env=env) == {"data_split": 4, "data_manifest": 1}
