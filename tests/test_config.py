@@ -53,3 +53,11 @@ def test_workflow_rejects_bad_config_before_any_job(workflow):
     assert proc.returncode != 0
     assert "config key data.splits.sft_train.size" in proc.stderr + proc.stdout
     assert not (workflow.path / "results").exists()
+
+
+@pytest.mark.parametrize("name", ["paper-qwen2.5-7b.yaml", "paper-llama-3.2-11b.yaml"])
+def test_paper_scale_configs_validate_and_plan_the_whole_study(workflow, name):
+    jobs = workflow.dry_run_jobs(configfile=f"config/{name}")
+    assert jobs["base_local"] == 1 and "base_tiny" not in jobs and jobs["sft"] == 1
+    assert jobs["rl"] == 6 * 2  # 6 starting steps x (ppo + the continued-SFT control), one seed
+    assert jobs["restore"] == 9 and jobs["all"] == 1
