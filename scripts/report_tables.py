@@ -20,8 +20,8 @@ found = pl.DataFrame(
     schema_overrides={"value": pl.Float64, "reproduced": pl.Boolean})
 out = {"sft_curve": tables.sft_curve(accuracy, losses), "rl_recovery": recovery,
        "update_norms": tables.update_norms(spectrum, last), "findings": found}
-for name, table in out.items():
+for (name, table), parquet in zip(out.items(), snakemake.output.parquet):  # multiext keeps the order
     runlog.write_atomic(getattr(snakemake.output, name), table.write_csv)
-    runlog.write_atomic(f"results/tables/{name}.parquet", table.write_parquet)
+    runlog.write_atomic(parquet, table.write_parquet)
 with pl.Config(tbl_rows=100, fmt_str_lengths=80, tbl_width_chars=200):
     log.info("%s", found.select("finding", "claim", "value", "reproduced"))

@@ -227,7 +227,6 @@ def run(start: Path, rows: Sequence[Mapping], rules, fmt: str, settings: Mapping
     model = models.load_model(start, dtype=torch.float32)
     tokenizer = models.load_tokenizer(start)
     trainer = PPO(model, tokenizer, settings, verifier, seed)
-    reward = rl.Reward(verifier)
     per_update, samples = settings["prompts_per_update"], settings["num_generations"]
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
@@ -236,11 +235,8 @@ def run(start: Path, rows: Sequence[Mapping], rules, fmt: str, settings: Mapping
         # As GRPO: `prompts_per_update` hands, each played `num_generations` times.
         hands = [rows[order[((update - 1) * per_update + i) % len(order)]] for i in range(per_update)]
         picked = [hand for hand in hands for _ in range(samples)]
-        episodes = [evaluate.Episode(f"{update}-{i}", r["rule"], tuple(r["cards"]), tuple(r["values"]),
-                                     rl.prompt_rows([r], rules, fmt)[0]["prompt"][0]["content"]) for i, r in enumerate(picked)]
-        steps = trainer.update(episodes)
-        reward.pending = [(t.category, t.reward) for t in steps]
-        row = {"update": update, **reward.drain(), **trainer.stats}
+        steps = trainer.update(evaluate.episodes_from_rows(picked, rules, fmt))
+        row = {"update": update, **rl.verdict_summary([(t.category, t.reward) for t in steps]), **trainer.stats}
         if update % settings["probe"]["every"] == 0 or update == settings["updates"]:
             row.update(probe(model, tokenizer))
         log_rows.append(row)

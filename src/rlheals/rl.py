@@ -55,11 +55,15 @@ class Reward:
     def drain(self) -> dict:
         """Mean reward and the share of each verdict category since the last call."""
         scored, self.pending = self.pending, []
-        counts = Counter(category for category, _ in scored)
-        row = {"mean_reward": sum(r for _, r in scored) / len(scored) if scored else float("nan"),
-               "completions": len(scored)}
-        row.update({f"share_{c}": counts[c] / len(scored) if scored else float("nan") for c in CATEGORIES})
-        return row
+        return verdict_summary(scored)
+
+
+def verdict_summary(scored: Sequence[tuple[str, float]]) -> dict:
+    """(category, reward) pairs -> mean reward, count and the share of each verdict category."""
+    counts = Counter(category for category, _ in scored)
+    row = {"mean_reward": sum(r for _, r in scored) / len(scored) if scored else float("nan"), "completions": len(scored)}
+    row.update({f"share_{c}": counts[c] / len(scored) if scored else float("nan") for c in CATEGORIES})
+    return row
 
 
 def prompt_rows(rows: Sequence[Mapping], rules: Mapping[str, cards.Rule], fmt: str) -> list[dict]:
