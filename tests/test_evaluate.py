@@ -3,6 +3,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+import types
 
 import polars as pl
 import pytest
@@ -19,22 +20,30 @@ DATA = {"holdout_seed": 0, "holdout_share": 0.25, "splits": {
 
 
 class ScriptedModel(torch.nn.Module):
-    """Stands in for a causal LM: `generate` appends an answer computed from the prompt text. Used to
-    check the engine's bookkeeping with answers whose verdict is known."""
+    """Stands in for a causal LM whose answers are known: it spells out `answer_for(conversation text)`
+    one token per forward. It keeps the token ids it is fed in the engine's KV cache (as the "keys"), so
+    it reads the conversation exactly as the cache holds it (holes and padding masked out): a cache the
+    engine mismanaged, or a generated token not fed back, garbles its answer."""
 
     def __init__(self, tokenizer, answer_for):
         super().__init__()
         self.tokenizer, self.answer_for = tokenizer, answer_for
-        self.calls = 0
+        self.calls = 0  # prefill forwards: one per turn and batch
+        self.assistant = tokenizer.convert_tokens_to_ids(models.ASSISTANT)
+        self.device = torch.device("cpu")
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
-        self.calls += 1
-        texts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
-        answers = [self.tokenizer(self.answer_for(t) + " </s>", add_special_tokens=False)["input_ids"] for t in texts]
-        width = max(map(len, answers))
-        pad = self.tokenizer.pad_token_id
-        new = torch.tensor([a + [pad] * (width - len(a)) for a in answers])
-        return torch.cat([input_ids, new], dim=1)
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values, use_cache, logits_to_keep):
+        self.calls += input_ids.shape[1] > 1
+        ids = input_ids.float()[:, None, :, None]
+        history = past_key_values.update(ids, ids, 0)[0][:, 0, :, 0].long()
+        logits = torch.full((len(history), len(self.tokenizer)), -1.0)
+        for row, (tokens, mask) in enumerate(zip(history, attention_mask.bool())):
+            seen = tokens[mask].tolist()
+            turn_start = len(seen) - seen[::-1].index(self.assistant)
+            text = self.tokenizer.decode(seen[:turn_start], skip_special_tokens=True)
+            answer = self.tokenizer(self.answer_for(text) + " </s>", add_special_tokens=False)["input_ids"]
+            logits[row, answer[min(len(seen) - turn_start, len(answer) - 1)]] = 1.0
+        return types.SimpleNamespace(logits=logits[:, None])
 
 
 def solve_from_prompt(text: str) -> str:
@@ -106,6 +115,28 @@ def test_cached_batches_match_one_episode_at_a_time(setting):
     assert all(r["tries"] == 3 for r in batched)  # nothing solved: every try went through the cache
 
 
+def test_rows_that_end_early_leave_the_step_batch_and_come_back(setting, monkeypatch):
+    """Answers ending at different steps: finished rows are parked out of the step batch and put back
+    with holes; the answers and every later try still equal one-at-a-time generation."""
+    tokenizer, episodes = setting
+    model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                                                "num_heads": 2, "num_kv_heads": 1, "max_positions": 512}, seed=1)
+    decoding, verifier = evaluate.Decoding(max_new_tokens=12), Verifier()
+    first = evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=1, decoding=decoding)
+    common = collections.Counter(w for r in first for w in r["answers"][0].split()[1:]).most_common(3)[-1][0]
+    with torch.no_grad():  # end the answer where the model would say a fairly common word
+        head = model.get_output_embeddings().weight
+        head[tokenizer.eos_token_id] = 1.5 * head[tokenizer.convert_tokens_to_ids(common)]
+    parks = []
+    take = evaluate.Batch._take
+    monkeypatch.setattr(evaluate.Batch, "_take", lambda self, leaving: parks.append(int(leaving.sum())) or take(self, leaving))
+    batched = evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=3, decoding=decoding, batch_size=9)
+    reference = evaluate.run_episodes_one_at_a_time(model, tokenizer, episodes, verifier, turns=3, decoding=decoding)
+    assert batched == reference
+    lengths = {len(a.split()) for r in batched for a in r["answers"]}
+    assert len(lengths) > 2 and len(parks) > 3  # answers of several lengths, rows parked several times
+
+
 def test_wilson_interval():
     low, high = evaluate.wilson(50, 100)
     assert abs(low - 0.4038) < 1e-3 and abs(high - 0.5962) < 1e-3
@@ -142,7 +173,8 @@ def test_evaluation_rule_is_deterministic_and_refuses_broken_models(workflow):
     weights.write_bytes(data_bytes[: len(data_bytes) // 2])
     proc = workflow.run("results/eval/sft-4.parquet", check=False)
     assert proc.returncode != 0
-    assert "sft-4/model.safetensors: corrupted or truncated" in (workflow.path / "logs" / "eval" / "sft-4.log").read_text()
+    log = (workflow.path / "logs" / "eval" / "sft-4.log").read_text()
+    assert "sft-4/model.safetensors: " in log and "corrupted" in log
     assert not (workflow.path / "results" / "eval" / "sft-4.parquet").exists()
     # A missing model directory: named too.
     shutil.rmtree(workflow.path / "results" / "models" / "sft-4")

@@ -10,6 +10,7 @@ token) with one KV cache kept across turns: a new turn feeds only the tokens the
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,21 @@ class Decoding:
         return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": None, **neutral}
 
 
+def _picker(decoding: Decoding):
+    """Next tokens from last-position logits: argmax, or transformers' temperature and top-p warpers
+    then a draw (what `generate` does)."""
+    import torch
+
+    if not decoding.do_sample:
+        return lambda logits: logits.argmax(-1)
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(decoding.temperature)])
+    if decoding.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(decoding.top_p))
+    return lambda logits: torch.multinomial(torch.softmax(warpers(None, logits), -1), 1).squeeze(1)
+
+
 def encode(tokenizer, conversation: list[dict]) -> list[int]:
     """The token ids of a conversation up to the next assistant turn, exactly as a one-at-a-time
     evaluation would build them (template text, then the tokenizer)."""
@@ -60,48 +76,162 @@ def encode(tokenizer, conversation: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def growing_cache():
+    """A transformers DynamicCache whose layers keep spare columns: a decode step writes its key and
+    value in place instead of concatenating (copying) the whole cache, which at batch 256 costs more
+    than the step's attention."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self.replace(key_states[..., :0, :], value_states[..., :0, :])
+            used, new = self.keys.shape[-2], key_states.shape[-2]
+            if used + new > self._keys.shape[-2]:  # grow by half again (and at least 64 columns)
+                self.replace(self.keys, self.values, spare=max(64, used // 2 + new))
+            self._keys[..., used : used + new, :] = key_states
+            self._values[..., used : used + new, :] = value_states
+            self.keys, self.values = self._keys[..., : used + new, :], self._values[..., : used + new, :]
+            return self.keys, self.values
+
+        def replace(self, keys, values, spare: int = 64) -> None:
+            """Hold `keys`/`values` (batch, heads, columns, dim) with `spare` free columns after them."""
+            columns = keys.shape[-2]
+            self._keys = keys.new_empty((*keys.shape[:-2], columns + spare, keys.shape[-1]))
+            self._values = values.new_empty((*values.shape[:-2], columns + spare, values.shape[-1]))
+            self._keys[..., :columns, :], self._values[..., :columns, :] = keys, values
+            self.keys, self.values = self._keys[..., :columns, :], self._values[..., :columns, :]
+
+        def batch_select_indices(self, indices) -> None:
+            if self.is_initialized:
+                self._keys, self._values = self._keys[indices], self._values[indices]
+                columns = self.keys.shape[-2]
+                self.keys, self.values = self._keys[..., :columns, :], self._values[..., :columns, :]
+
+    class GrowingCache(DynamicCache):
+        def __init__(self):
+            Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
+
+    return GrowingCache()
+
+
 class Batch:
-    """Conversations advancing together through `generate`, keeping their KV cache between turns.
+    """Conversations advancing together, turn by turn, keeping one KV cache between turns.
 
-    `tokens`/`mask` mirror the cache's columns: left padding, and holes (mask 0) where a row's cached
-    tokens were abandoned. Each turn appends, per row, only the part of the re-encoded conversation that
-    the cache does not already hold (longest common prefix), so earlier turns are never recomputed;
-    positions come from the mask, so holes and padding do not shift them."""
+    A turn prefills, per row, only the part of the re-encoded conversation the cache does not hold yet
+    (longest common prefix with the cached tokens, so an answer that does not survive decode/re-encode
+    rolls the cache back), then decodes one token per step through the model's forward. Rows that have
+    ended their answer leave the step batch once they are `park_share` of it: their cache rows are parked
+    and put back, with holes for the columns they skipped, when the turn ends, so one long answer does
+    not make every finished row pay for its steps. `tokens`/`mask` mirror the cache's columns: left
+    padding and holes are mask 0, and positions come from the mask, so neither shifts them. A row's last
+    token (its end of turn) is not fed: the next turn's prefill feeds it."""
 
-    def __init__(self, model, tokenizer, decoding: Decoding):
+    def __init__(self, model, tokenizer, decoding: Decoding, park_share: float = 0.25):
         import torch
-        from transformers import DynamicCache
 
-        self.model, self.tokenizer, self.decoding = model, tokenizer, decoding
-        self.cache = DynamicCache()
+        self.model, self.tokenizer, self.decoding, self.park_share = model, tokenizer, decoding, park_share
+        self.pick = _picker(decoding)
+        self.cache = growing_cache()
+        if model.device.type == "cpu":
+            # torch's CPU attention handles grouped-query heads under a mask itself (bit-identical, tested);
+            # without this switch transformers copies every key/value head per query head at each step.
+            # (On CUDA a mask would push GQA onto the slow math kernel: left alone there.)
+            os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
         self.tokens = torch.empty((0, 0), dtype=torch.long)
         self.mask = torch.empty((0, 0), dtype=torch.long)
 
     def turn(self, conversations_ids: Sequence[list[int]]) -> list[str]:
         import torch
 
-        pad = self.tokenizer.pad_token_id
+        pad, eos, steps = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.decoding.max_new_tokens
+        rows = len(conversations_ids)
         if self.tokens.shape[0] == 0:
-            self.tokens = torch.empty((len(conversations_ids), 0), dtype=torch.long)
-            self.mask = torch.empty_like(self.tokens)
+            self.tokens = self.mask = torch.empty((rows, 0), dtype=torch.long)
         suffixes = [self._reuse(row, ids) for row, ids in enumerate(conversations_ids)]
+        self._close_holes()
+        cached = self.tokens.shape[1]
         width = max(map(len, suffixes))
-        chunk = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes], dtype=torch.long)
-        chunk_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], dtype=torch.long)
-        tokens, mask = torch.cat([self.tokens, chunk], 1), torch.cat([self.mask, chunk_mask], 1)
+        start = cached + width  # the first decode column
+        # Columns: the cache, the prefill chunk (left-padded), then one per decode step.
+        tokens = torch.full((rows, start + steps), pad, dtype=torch.long)
+        mask = torch.zeros_like(tokens)
+        tokens[:, :cached], mask[:, :cached] = self.tokens, self.mask
+        for row, suffix in enumerate(suffixes):
+            tokens[row, start - len(suffix) : start] = torch.tensor(suffix)
+            mask[row, start - len(suffix) : start] = 1
+        position = mask.sum(1)  # the position of each row's next token
+        answers = torch.full((rows, steps), pad, dtype=torch.long)
+        step_rows = torch.arange(rows)  # the batch rows still in the step batch, in cache order
+        done = torch.zeros(rows, dtype=torch.bool)
+        parked = []
         with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=tokens, attention_mask=mask, past_key_values=self.cache,
-                max_new_tokens=self.decoding.max_new_tokens, pad_token_id=pad,
-                eos_token_id=self.tokenizer.eos_token_id, **self.decoding.generate_kwargs(),
-            )
-        new = out[:, tokens.shape[1] :]
-        # A row's answer ends at its first end-of-turn token; what generate appended after it is padding.
-        ended = (new == self.tokenizer.eos_token_id).long().cumsum(1)
-        new_mask = ((ended == 0) | ((ended == 1) & (new == self.tokenizer.eos_token_id))).long()
-        self.tokens, self.mask = out, torch.cat([mask, new_mask], 1)
-        self.answer_ids = [row[m.bool()].tolist() for row, m in zip(new, new_mask)]  # for RL: what was sampled
-        return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+            prefill_positions = (mask[:, :start].cumsum(1) - 1).clamp(min=0)[:, cached:]
+            logits = self._forward(tokens[:, cached:start], mask[:, :start], prefill_positions)
+            for step in range(steps):
+                chosen = self.pick(logits)
+                answers[step_rows[~done], step] = chosen[~done]
+                done |= chosen == eos
+                if step + 1 == steps or bool(done.all()):
+                    break
+                column = start + step
+                if int(done.sum()) >= max(1, self.park_share * len(step_rows)):
+                    parked.append((step_rows[done], self._take(done), column))
+                    step_rows, chosen, done = step_rows[~done], chosen[~done], done[~done]
+                live = step_rows[~done]
+                tokens[live, column], mask[live, column] = chosen[~done], 1
+                logits = self._forward(tokens[step_rows, column : column + 1], mask[step_rows, : column + 1],
+                                       position[step_rows, None])
+                position[live] += 1
+        columns = self.cache.get_seq_length()
+        if parked:
+            self._put_back(step_rows, parked, rows, columns)
+        self.tokens, self.mask = tokens[:, :columns], mask[:, :columns]
+        ended = (answers == eos).long().cumsum(1)
+        kept = (ended == 0) | ((ended == 1) & (answers == eos))
+        self.answer_ids = [row[k].tolist() for row, k in zip(answers, kept)]  # for RL: what was sampled
+        return [text.strip() for text in self.tokenizer.batch_decode(self.answer_ids, skip_special_tokens=True)]
+
+    def _forward(self, input_ids, attention_mask, position_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+    def _close_holes(self, min_share: float = 0.8) -> None:
+        """Move each row's cached tokens together (right-aligned, order kept) once holes (skipped steps,
+        rolled-back tokens, rows gone) are over a fifth of the columns: attention reads every column at
+        every step, so one copy per turn buys back many reads. Positions come from the mask: unchanged."""
+        import torch
+
+        valid = self.mask.bool()
+        width = int(valid.sum(1).max()) if valid.numel() else 0
+        if width >= min_share * valid.shape[1]:
+            return
+        index = torch.argsort(valid.long(), dim=1, stable=True)[:, valid.shape[1] - width :]
+        self.tokens, self.mask = self.tokens.gather(1, index), self.mask.gather(1, index)
+        for layer in self.cache.layers:
+            heads, dim = layer.keys.shape[1], layer.keys.shape[3]
+            columns = index[:, None, :, None].expand(-1, heads, -1, dim)
+            layer.replace(layer.keys.gather(2, columns), layer.values.gather(2, columns))
+
+    def _take(self, leaving):
+        """Remove the `leaving` rows (a mask over the step batch) from the cache; return their layers'
+        key and value rows."""
+        taken = [(layer.keys[leaving], layer.values[leaving]) for layer in self.cache.layers]
+        self.cache.batch_select_indices((~leaving).nonzero().flatten())
+        return taken
+
+    def _put_back(self, step_rows, parked, rows: int, columns: int) -> None:
+        """The parked rows back into the cache in batch order, zeros (masked holes) where they skipped."""
+        for i, layer in enumerate(self.cache.layers):
+            keys = layer.keys.new_zeros((rows, *layer.keys.shape[1:]))
+            values = layer.values.new_zeros((rows, *layer.values.shape[1:]))
+            keys[step_rows], values[step_rows] = layer.keys, layer.values
+            for batch_rows, taken, width in parked:
+                keys[batch_rows, :, :width], values[batch_rows, :, :width] = taken[i]
+            layer.replace(keys, values)
 
     def _reuse(self, row: int, ids: list[int]) -> list[int]:
         """Mask out the row's cached tokens that diverge from `ids`; return the ids still to feed."""
