@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rlheals import data, evaluate, rl, runlog
+from rlheals import data, evaluate, models, rl, runlog
 from rlheals.verify import Verifier
 
 log = runlog.setup(snakemake.log[0])
@@ -23,9 +23,11 @@ probe = rl.Probe(evaluate.episodes_from_rows([*id_rows, *ood_rows], rules, fmt),
                  cfg["probe_eval"]["verify_turns"], cfg["probe_eval"]["max_new_tokens"])
 outputs = {settings["updates"]: Path(snakemake.output.model)}
 outputs.update({int(re.search(r"-u(\d+)$", p).group(1)): Path(p) for p in snakemake.output.checkpoints})
-# The work directory is keyed by the settings, so a changed config never resumes stale state.
-work = Path("results/work") / f"rl-{hashlib.sha256(snakemake.params.cfg.encode()).hexdigest()[:12]}"
 start, train = Path(snakemake.input.start), data.read_jsonl(snakemake.input.train)
+# A killed run resumes from its work directory, keyed by the settings, the package code and the starting
+# weights: a changed config, code or start model never resumes stale state.
+key = "\n".join([snakemake.params.cfg, snakemake.params.code, models.weights_sha256(start)])
+work = Path("results/work") / f"rl-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 log.info("%s from %s, seed %d, %d updates", algo, start, seed, settings["updates"])
 if algo in rl.TRL_ALGOS:
     rows = rl.run_trl(algo, start, train, rules, fmt, settings, verifier, probe, outputs, work, seed,
@@ -33,7 +35,8 @@ if algo in rl.TRL_ALGOS:
 elif algo == "ppo":
     from rlheals import ppo
 
-    rows = ppo.run(start, train, rules, fmt, settings, verifier, probe, outputs, seed, snakemake.threads, log=log.info)
+    rows = ppo.run(start, train, rules, fmt, settings, verifier, probe, outputs, seed, snakemake.threads,
+                   log=log.info, work=work)
 else:
     rows = rl.run_control(start, train, id_rows, ood_rows, rules, fmt, cfg["sft"], settings, probe, outputs,
                           work, seed, snakemake.threads, log=log.info)

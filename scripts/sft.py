@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rlheals import data, runlog, sft
+from rlheals import data, models, runlog, sft
 
 log = runlog.setup(snakemake.log[0])
 cfg = json.loads(snakemake.params.cfg)
@@ -16,8 +16,10 @@ if settings["deepspeed"]:
     settings["deepspeed"] = str(Path(sft.DEEPSPEED_CONFIGS[settings["deepspeed"]]).resolve())
     sft.init_single_process_distributed()
 outputs = {int(Path(p).name.split("-")[1]): Path(p) for p in snakemake.output.models}
-# The work directory is keyed by the settings, so a changed config never resumes stale state.
-work = Path("results/work") / f"sft-{hashlib.sha256(snakemake.params.cfg.encode()).hexdigest()[:12]}"
+# A killed run resumes from its work directory, keyed by the settings, the package code and the base
+# weights: a changed config, code or base model never resumes stale state.
+key = "\n".join([snakemake.params.cfg, snakemake.params.code, models.weights_sha256(snakemake.input.base)])
+work = Path("results/work") / f"sft-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 losses = sft.run(
     Path(snakemake.input.base),
     data.read_jsonl(snakemake.input.train),

@@ -3,10 +3,16 @@ Face models, and safe loading (safetensors only, no remote code, offline)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from rlheals import runlog
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -79,8 +85,73 @@ def build_tiny_model(tokenizer, size: Mapping, seed: int):
     return model
 
 
-def check_model_dir(path: str | Path) -> Path:
-    """Fail with a message naming the file when a model directory is missing or incomplete."""
+MANIFEST = "checksums.json"  # size and sha256 of every file of a model directory the workflow writes
+VERIFY_ENV = "RLHEALS_VERIFY"  # how loads check a manifest: "sha256" (default, every byte) or "size"
+
+
+def file_checksum(path: str | Path, sync: bool = False) -> dict:
+    """Size and sha256 of a file, streamed (never the whole file in memory); `sync` also flushes it to
+    the disk, so a directory renamed into place after a crash of the node holds what its manifest says."""
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256")
+        if sync:
+            os.fsync(fh.fileno())
+        return {"size": os.fstat(fh.fileno()).st_size, "sha256": digest.hexdigest()}
+
+
+def _checksums(path: Path, names: Sequence[str], sync: bool = False) -> dict[str, dict]:
+    """Checksums of several files in threads (hashlib lets go of the GIL): the shards of a large model
+    hash in parallel."""
+    if not names:
+        return {}
+    with ThreadPoolExecutor(min(8, len(names), os.cpu_count() or 1)) as pool:
+        return dict(zip(names, pool.map(lambda name: file_checksum(path / name, sync), names)))
+
+
+def model_files(path: Path) -> list[str]:
+    """The files a manifest covers: every regular file but dotfiles (snakemake's timestamps) and itself."""
+    return sorted(p.name for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST)
+
+
+def read_manifest(path: str | Path) -> dict | None:
+    """File name -> {size, sha256} of a model directory, or None when it has no manifest."""
+    file = Path(path) / MANIFEST
+    if not file.exists():
+        return None
+    try:
+        files = json.loads(file.read_text())["files"]
+        assert all(set(entry) == {"size", "sha256"} for entry in files.values())
+        return files
+    except (ValueError, KeyError, TypeError, AttributeError, AssertionError) as err:
+        raise ValueError(f"{file}: unreadable checksum manifest ({err!r}); delete the directory and rerun") from err
+
+
+def verify_manifest(path: Path, files: Mapping[str, Mapping], mode: str) -> None:
+    """Every listed file present with its size (and its sha256 in mode "sha256"), nothing unlisted."""
+    if mode not in ("sha256", "size"):
+        raise ValueError(f"{VERIFY_ENV}={mode!r}: use sha256 (default) or size")
+    manifest, present = path / MANIFEST, set(model_files(path))
+    hint = "delete the directory and rerun snakemake to rebuild it"
+    for name in sorted(set(files) - present):
+        raise FileNotFoundError(f"{path / name} is missing (listed in {manifest}): {hint}")
+    for name in sorted(present - set(files)):
+        raise ValueError(f"{path / name} is not listed in {manifest}: added after the directory was written; {hint}")
+    for name, entry in sorted(files.items()):
+        size = (path / name).stat().st_size
+        if size != entry["size"]:
+            raise ValueError(f"{path / name}: truncated or corrupted ({size} bytes, {entry['size']} in {manifest}); {hint}")
+    if mode == "sha256":
+        for name, got in _checksums(path, sorted(files)).items():
+            if got["sha256"] != files[name]["sha256"]:
+                raise ValueError(f"{path / name}: corrupted (its sha256 differs from {manifest}); {hint}")
+
+
+def check_model_dir(path: str | Path, verify: str | None = None) -> Path:
+    """Fail with a message naming the file when a model directory is missing, incomplete or corrupted.
+    A directory with a checksum manifest (every one the workflow writes) must hold exactly the files it
+    lists, each with its size and, unless verify="size" (or RLHEALS_VERIFY=size), its sha256: a load
+    reads every byte anyway, and hashing costs ~0.7 s per GB and core (shards hash in parallel). A
+    directory without one (a user's local Hugging Face model) gets the header check alone."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist")
@@ -91,6 +162,9 @@ def check_model_dir(path: str | Path) -> Path:
         raise FileNotFoundError(f"{path} has no *.safetensors weights")
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path / 'config.json'} is missing")
+    files = read_manifest(path)
+    if files is not None:
+        verify_manifest(path, files, verify or os.environ.get(VERIFY_ENV, "sha256"))
     from safetensors import SafetensorError, safe_open
 
     for file in weights:  # reads only the header, which also covers the file's length: truncation shows
@@ -101,6 +175,18 @@ def check_model_dir(path: str | Path) -> Path:
             raise ValueError(f"{file}: corrupted or truncated safetensors file ({err})") from err
     return path
 
+
+def weights_sha256(path: str | Path) -> str:
+    """The sha256 of a model's weights: of its one safetensors file (what `sha256sum model.safetensors`
+    prints), or, for shards, of their `sha256sum *.safetensors` listing. Read from the manifest where
+    there is one, else streamed from the files."""
+    path = Path(path)
+    names = sorted(p.name for p in path.glob("*.safetensors"))
+    listed = read_manifest(path) or {}
+    sums = {n: listed[n]["sha256"] if n in listed else file_checksum(path / n)["sha256"] for n in names}
+    if len(names) == 1:
+        return sums[names[0]]
+    return hashlib.sha256("".join(f"{sums[n]}  {n}\n" for n in names).encode()).hexdigest()
 
 def load_model(path: str | Path, dtype=None):
     """Load a causal LM from a local directory: safetensors only, no remote code, never the network."""
@@ -123,22 +209,54 @@ def load_weights(path: str | Path) -> dict:
     return weights
 
 
+def write_model_dir(dst: str | Path, fill: Callable[[Path], Mapping | None]) -> None:
+    """The one writer of model directories. `fill(tmp)` writes the files into `<dst>.tmp` (and may return
+    the checksums of files it linked from a directory that lists them); then the checksum manifest is
+    written last and the directory renamed into place (an older `dst` is moved aside first, so no
+    moment shows a half-deleted one). A job killed on the way leaves `<dst>.tmp` or nothing, never a
+    directory that looks complete; a full or read-only disk fails naming the path and the cause."""
+    dst = Path(dst)
+    tmp, old = dst.with_name(dst.name + ".tmp"), dst.with_name(dst.name + ".old")
+    with runlog.writing(dst, tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        known = fill(tmp) or {}
+        names = model_files(tmp)
+        files = {n: known[n] for n in names if n in known}
+        files.update(_checksums(tmp, [n for n in names if n not in known], sync=True))
+        with open(tmp / MANIFEST, "w") as fh:
+            json.dump({"files": dict(sorted(files.items()))}, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        shutil.rmtree(old, ignore_errors=True)
+        if dst.exists():
+            dst.rename(old)
+        tmp.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model(model, tokenizer, dst: str | Path) -> None:
+    """A transformers model and its tokenizer as a model directory (safetensors), atomically."""
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    write_model_dir(dst, fill)
+
+
 def save_weights(weights: Mapping, like: str | Path, dst: str | Path) -> None:
     """A model directory holding `weights` and every other file of `like` (config, tokenizer,
-    generation config), written to a temp directory and renamed into place."""
+    generation config), atomically."""
     from safetensors.torch import save_file
 
-    like, dst = Path(like), Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for file in like.iterdir():
-        if file.is_file() and not file.name.startswith(".") and not file.name.startswith("model.safetensors") \
-                and file.suffix != ".safetensors":
-            shutil.copy(file, tmp / file.name)
-    save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+    def fill(tmp: Path) -> dict:
+        known = _link_files(Path(like), tmp, lambda name: not name.startswith("model.safetensors")
+                            and not name.endswith(".safetensors"))
+        save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        return known
+
+    write_model_dir(dst, fill)
 
 
 def load_tokenizer(path: str | Path):
@@ -156,14 +274,24 @@ def link_or_copy_file(src: str | Path, dst: str | Path) -> None:
         shutil.copy2(src, dst)
 
 
-def link_or_copy_tree(src: str | Path, dst: str | Path) -> None:
-    """Copy a model directory (files linked where possible), atomically: write aside, then rename."""
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, copy_function=link_or_copy_file, ignore=shutil.ignore_patterns(".*"))
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+def _link_files(src: Path, tmp: Path, keep: Callable[[str], bool]) -> dict:
+    """Link (or copy) the files of `src` that `keep` accepts into `tmp`, never dotfiles (a shared
+    .snakemake_timestamp would make one output's timestamp move another's); their checksums from the
+    manifest of `src` where it lists them, so a corrupted source is never given a fresh manifest."""
+    listed = read_manifest(src) or {}
+    known = {}
+    for name in model_files(src):
+        if keep(name):
+            link_or_copy_file(src / name, tmp / name)
+            if name in listed:
+                known[name] = listed[name]
+    return known
+
+
+def link_or_copy_tree(src: str | Path, dst: str | Path, skip: re.Pattern | None = None) -> None:
+    """Copy a model directory's files (linked where possible), but those whose name `skip` matches,
+    atomically with its checksum manifest."""
+    write_model_dir(dst, lambda tmp: _link_files(Path(src), tmp, lambda name: not (skip and skip.fullmatch(name))))
 
 
 def import_local_model(src: str | Path, dst: str | Path) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlheals import evaluate, models
+from rlheals import evaluate, models, runlog, sft
 from rlheals.verify import Verifier
 
 
@@ -181,6 +181,43 @@ class PPO:
         self.scheduler.step()
         return steps
 
+    def save(self, path: Path, update: int) -> None:
+        """A resume checkpoint: the policy as a model directory plus ppo_state.pt (value head, optimizer,
+        scheduler, RNG states), written whole and atomically (models.write_model_dir)."""
+        import torch
+
+        state = {"update": update, "head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "torch_rng": torch.random.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                 "shuffle_rng": self.rng.getstate()}
+
+        def fill(tmp: Path) -> None:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            torch.save(state, tmp / STATE)
+
+        models.write_model_dir(path, fill)
+
+    def load(self, path: Path) -> int:
+        """Everything `save` wrote, back into this trainer (checksums verified); returns the update."""
+        import torch
+
+        weights = models.load_weights(path)
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        tied = set(getattr(self.model, "_tied_weights_keys", None) or ())  # not saved when tied
+        if unexpected or set(missing) - (tied if self.model.config.tie_word_embeddings else set()):
+            raise ValueError(f"{path}: weights do not fit the policy (missing {missing}, unexpected {unexpected})")
+        state = torch.load(path / STATE, weights_only=True)
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.random.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        version, internal, gauss = state["shuffle_rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        return state["update"]
+
     def _train_step(self, chunk: Sequence[Step]) -> None:
         import torch
 
@@ -210,38 +247,61 @@ class PPO:
         self.stats["clip_share"] += clip_share.item()
 
 
+STATE = "ppo_state.pt"  # a checkpoint's training state (sft.TRAINING_STATE keeps it out of published models)
+
+
 def _chunks(items: Sequence, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 def run(start: Path, rows: Sequence[Mapping], rules, fmt: str, settings: Mapping, verifier: Verifier, probe,
-        outputs: Mapping[int, Path], seed: int, threads: int, log=print) -> list[dict]:
-    """PPO from the model at `start` for `settings['updates']` updates on the hands in `rows`."""
+        outputs: Mapping[int, Path], seed: int, threads: int, log=print, work: Path | None = None) -> list[dict]:
+    """PPO from the model at `start` for `settings['updates']` updates on the hands in `rows`, publishing
+    each update in `outputs`. Checkpoints as the Trainer runs do (each output update and every tenth of the
+    run) and resumes from the newest one in `work`: the same updates as an uninterrupted run, bit for bit.
+    Without `work` (benchmarks), the checkpoints go to a temporary directory."""
     import torch
 
     from rlheals import rl
+
+    if work is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return run(start, rows, rules, fmt, settings, verifier, probe, outputs, seed, threads, log, Path(tmp))
 
     torch.set_num_threads(threads)
     rl.seed_everything(seed)
     model = models.load_model(start, dtype=torch.float32)
     tokenizer = models.load_tokenizer(start)
     trainer = PPO(model, tokenizer, settings, verifier, seed)
-    per_update, samples = settings["prompts_per_update"], settings["num_generations"]
+    per_update, samples, updates = settings["prompts_per_update"], settings["num_generations"], settings["updates"]
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    log_rows = [{"update": 0, **probe(model, tokenizer)}]
-    for update in range(1, settings["updates"] + 1):
+    work.mkdir(parents=True, exist_ok=True)
+    resume = sft.last_checkpoint(work, marker=STATE)
+    sft.republish(outputs, work)
+    if resume:
+        log(f"resuming from {resume}")
+        done, log_rows = trainer.load(resume), rl.load_rows(work, sft.step_of(resume))
+    else:
+        done, log_rows = 0, [{"update": 0, **probe(model, tokenizer)}]
+        rl.save_rows(work, log_rows)
+    every = sft.checkpoint_every(updates)
+    for update in range(done + 1, updates + 1):
         # As GRPO: `prompts_per_update` hands, each played `num_generations` times.
         hands = [rows[order[((update - 1) * per_update + i) % len(order)]] for i in range(per_update)]
         picked = [hand for hand in hands for _ in range(samples)]
         steps = trainer.update(evaluate.episodes_from_rows(picked, rules, fmt))
         row = {"update": update, **rl.verdict_summary([(t.category, t.reward) for t in steps]), **trainer.stats}
-        if update % settings["probe"]["every"] == 0 or update == settings["updates"]:
+        if update % settings["probe"]["every"] == 0 or update == updates:
             row.update(probe(model, tokenizer))
         log_rows.append(row)
+        rl.save_rows(work, log_rows)
         log(f"update {update}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if k != "update"))
-        if update in outputs:
-            rl.save_model(model, tokenizer, outputs[update])
-            log(f"published {outputs[update]}")
+        runlog.fault_point(update)
+        if update in outputs or update % every == 0:
+            trainer.save(work / f"checkpoint-{update}", update)
+            sft.after_checkpoint(work, update, outputs, log)
     return log_rows

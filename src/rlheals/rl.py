@@ -4,12 +4,12 @@ dataset, the OOD/ID probe that runs during training, the per-update log and chec
 
 from __future__ import annotations
 
-import shutil
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rlheals import cards, evaluate, models
+from rlheals import cards, evaluate, models, runlog
 from rlheals.verify import CATEGORIES, Verifier
 
 TRL_ALGOS = ("grpo", "rloo")
@@ -92,14 +92,16 @@ class Probe:
         return {f"probe_{rule}_accuracy": s["accuracy"] for rule, s in evaluate.summarize(rows).items()}
 
 
-def save_model(model, tokenizer, dst: Path) -> None:
-    """Write a model directory atomically (a temp directory renamed into place)."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+def load_rows(work: Path, upto: int) -> list[dict]:
+    """The log rows a killed run had written, up to the update it resumes from."""
+    path = work / "update_log.json"
+    return [r for r in json.loads(path.read_text()) if r["update"] <= upto] if upto and path.exists() else []
+
+
+def save_rows(work: Path, rows: Sequence[Mapping]) -> None:
+    """The log rows so far, rewritten at every update (JSON keeps floats exact and, unsorted, the column
+    order: a resumed run's log equals an uninterrupted one's)."""
+    runlog.write_atomic(work / "update_log.json", lambda tmp: tmp.write_text(json.dumps(list(rows))))
 
 
 def seed_everything(seed: int) -> None:
@@ -134,7 +136,7 @@ def trl_config(algo: str, settings: Mapping, work: Path, seed: int):
         seed=seed,
         data_seed=seed,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="no",  # checkpoints: sft.checkpoints_callback
         bf16=on_gpu and settings["bf16"],
         use_cpu=not on_gpu,
         activation_checkpointing=False,
@@ -144,14 +146,17 @@ def trl_config(algo: str, settings: Mapping, work: Path, seed: int):
     )
 
 
-def make_callback(reward: Reward | None, probe: Probe, probe_every: int, tokenizer, outputs: Mapping[int, Path], log_rows: list, log):
+def make_callback(reward: Reward | None, probe: Probe, probe_every: int, tokenizer, log_rows: list, work: Path, log):
     """After each update: a log row (reward, categories, the probe every `probe_every` updates and at the
-    end), and a published model at each update listed in `outputs`."""
+    end), kept in `work` for a resumed run. `log_rows` holds the rows of a resumed run so far."""
     from transformers import TrainerCallback
 
     class UpdateLog(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            log_rows.append({"update": 0, **probe(model, tokenizer)})
+            if not log_rows:  # a resumed run has its rows from before the kill
+                log_rows.append({"update": 0, **probe(model, tokenizer)})
+                if state.is_world_process_zero:
+                    save_rows(work, log_rows)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             update = state.global_step
@@ -159,20 +164,22 @@ def make_callback(reward: Reward | None, probe: Probe, probe_every: int, tokeniz
             if update % probe_every == 0 or update == args.max_steps:
                 row.update(probe(model, tokenizer))
             log_rows.append(row)
+            if state.is_world_process_zero:
+                save_rows(work, log_rows)
             log(f"update {update}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if k != "update"))
-            if update in outputs:
-                save_model(model, tokenizer, outputs[update])
-                log(f"published {outputs[update]}")
 
     return UpdateLog()
 
 
 def run_trl(algo: str, start: Path, rows: Sequence[Mapping], rules, fmt: str, settings: Mapping, verifier: Verifier,
             probe: Probe, outputs: Mapping[int, Path], work: Path, seed: int, threads: int, log=print) -> list[dict]:
-    """GRPO or RLOO from the model at `start`; publishes each update in `outputs`; returns the log rows."""
+    """GRPO or RLOO from the model at `start`; publishes each update in `outputs`; returns the log rows.
+    Resumes from the newest checkpoint in `work` (the Trainer restores optimizer, scheduler and RNG)."""
     import datasets
     import torch
     from trl import GRPOTrainer, RLOOTrainer
+
+    from rlheals import sft
 
     datasets.disable_progress_bars()
     torch.set_num_threads(threads)
@@ -180,7 +187,10 @@ def run_trl(algo: str, start: Path, rows: Sequence[Mapping], rules, fmt: str, se
     model = models.load_model(start, dtype=torch.float32)
     tokenizer = models.load_tokenizer(start)
     reward = Reward(verifier)
-    log_rows: list[dict] = []
+    work.mkdir(parents=True, exist_ok=True)
+    resume = sft.last_checkpoint(work)
+    sft.republish(outputs, work)
+    log_rows = load_rows(work, sft.step_of(resume))
     trainer_class = GRPOTrainer if algo == "grpo" else RLOOTrainer
     trainer = trainer_class(
         model=model,
@@ -188,12 +198,16 @@ def run_trl(algo: str, start: Path, rows: Sequence[Mapping], rules, fmt: str, se
         args=trl_config(algo, settings, work, seed),
         train_dataset=datasets.Dataset.from_list(prompt_rows(rows, rules, fmt)),
         processing_class=tokenizer,
-        callbacks=[make_callback(reward, probe, settings["probe"]["every"], tokenizer, outputs, log_rows, log)],
+        callbacks=[make_callback(reward, probe, settings["probe"]["every"], tokenizer, log_rows, work, log),
+                   sft.checkpoints_callback(settings["updates"], work, outputs, log)],
     )
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    if resume:
+        log(f"resuming from {resume}")
+    with runlog.writing(work):  # a full or read-only disk under the checkpoints: said so
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return log_rows
 
 
@@ -208,8 +222,9 @@ def run_control(start: Path, rows: Sequence[Mapping], id_rows, ood_rows, rules, 
     continued = {**sft_settings, "max_steps": settings["updates"], "batch_size": settings["prompts_per_update"],
                  "grad_accum": 1, "seed": seed, "logging_steps": settings["probe"]["every"],
                  "eval_examples": settings["probe"]["episodes"]}
-    probe_rows: list[dict] = []
-    callback = make_callback(None, probe, settings["probe"]["every"], models.load_tokenizer(start), {}, probe_rows, log)
+    resume = sft.last_checkpoint(work)
+    probe_rows = load_rows(work, sft.step_of(resume))
+    callback = make_callback(None, probe, settings["probe"]["every"], models.load_tokenizer(start), probe_rows, work, log)
     losses = sft.run(start, rows, id_rows, ood_rows, rules, fmt, continued, outputs, work, threads, log, [callback])
     by_update = {r["update"]: r for r in probe_rows}
     for loss in losses:

@@ -11,10 +11,11 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rlheals import cards, models
+from rlheals import cards, models, runlog
 
 # Files of a Trainer checkpoint that are training state, not part of the model directory.
-TRAINING_STATE = re.compile(r"optimizer\.pt|scheduler\.pt|rng_state.*\.pth|trainer_state\.json|training_args\.bin|latest|zero_to_fp32\.py")
+TRAINING_STATE = re.compile(r"optimizer\.pt|scheduler\.pt|rng_state.*\.pth|ppo_state\.pt|trainer_state\.json|training_args\.bin|latest|zero_to_fp32\.py")
+RESUME_CHECKPOINTS = 10  # resume checkpoints per run
 DEEPSPEED_CONFIGS = {"zero2": "config/deepspeed/zero2.json", "zero3": "config/deepspeed/zero3.json"}
 
 
@@ -53,23 +54,58 @@ def freeze(model, specs: Sequence[Mapping]) -> list[str]:
     return frozen
 
 
-def publish(src_dir: Path, dst: Path) -> None:
-    """Link a checkpoint's model files (not its training state) into a model directory, atomically."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for path in src_dir.iterdir():
-        # Dotfiles are snakemake's (.snakemake_timestamp): a shared link would make one output's
-        # timestamp move another's.
-        if path.is_file() and not path.name.startswith(".") and not TRAINING_STATE.fullmatch(path.name):
-            models.link_or_copy_file(path, tmp / path.name)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+def publish(src: Path, out: Path, work: Path) -> None:
+    """Publish a checkpoint's model files (not its training state) as `out`, through a copy kept in the
+    work directory: when the job is killed after this, its rerun publishes `out` again from the copy."""
+    kept = work / "models" / out.name
+    models.link_or_copy_tree(src, kept, skip=TRAINING_STATE)
+    models.link_or_copy_tree(kept, out)
 
 
-def last_checkpoint(work: Path) -> Path | None:
-    found = [p for p in work.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+def republish(outputs: Mapping[int, Path], work: Path) -> None:
+    """Outputs published before a kill (snakemake removes a failed job's outputs): again, from the work dir."""
+    for out in outputs.values():
+        if (work / "models" / out.name).exists() and not out.exists():
+            models.link_or_copy_tree(work / "models" / out.name, out)
+
+
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def last_checkpoint(work: Path, marker: str = "trainer_state.json") -> Path | None:
+    """The newest complete checkpoint: the Trainer writes trainer_state.json last (PPO's checkpoints are
+    written whole, atomically, with ppo_state.pt)."""
+
+    def complete(path: Path) -> bool:
+        try:
+            return marker != "trainer_state.json" or isinstance(json.loads((path / marker).read_text()), dict)
+        except (OSError, ValueError):
+            return False
+
+    found = [p for p in work.glob("checkpoint-*")
+             if _CHECKPOINT.fullmatch(p.name) and (p / marker).exists() and complete(p)]
+    return max(found, key=step_of, default=None)
+
+
+def step_of(checkpoint: Path | None) -> int:
+    """The step of a checkpoint-{step} directory; 0 for none."""
+    return int(checkpoint.name.split("-")[1]) if checkpoint else 0
+
+
+def checkpoint_every(max_steps: int) -> int:
+    """Resume checkpoints (beyond the published steps) every tenth of a run: a kill loses at most that."""
+    return max(1, max_steps // RESUME_CHECKPOINTS)
+
+
+def after_checkpoint(work: Path, step: int, outputs: Mapping[int, Path], log) -> None:
+    """Once checkpoint-{step} is complete: publish it if `step` is an output, drop older checkpoints."""
+    checkpoint = work / f"checkpoint-{step}"
+    if step in outputs:
+        publish(checkpoint, outputs[step], work)
+        log(f"published {outputs[step]}")
+    for old in work.glob("checkpoint-*"):  # keep only the newest checkpoint for resume
+        if old != checkpoint:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def training_args(settings: Mapping, work: Path, threads: int, held_out: bool = True):
@@ -99,7 +135,7 @@ def training_args(settings: Mapping, work: Path, threads: int, held_out: bool = 
         logging_steps=settings["logging_steps"],
         eval_strategy="steps" if held_out else "no",
         eval_steps=settings["logging_steps"],
-        save_strategy="no",  # checkpoints at the listed steps only (PublishAtSteps)
+        save_strategy="no",  # checkpoints: checkpoints_callback
         max_length=settings["max_length"],
         completion_only_loss=True,
         packing=False,
@@ -131,34 +167,38 @@ def trainer_class():
     return LeanSFTTrainer
 
 
-def make_callbacks(save_steps: Sequence[int], work: Path, outputs: Mapping[int, Path], log):
+def checkpoints_callback(max_steps: int, work: Path, outputs: Mapping[int, Path], log):
+    """For a Trainer run in `work`: a checkpoint at each output step and every tenth of the run (for
+    resume), each output published from its checkpoint, and the fault hook at the end of every step."""
     from transformers import TrainerCallback
 
-    class PublishAtSteps(TrainerCallback):
-        """Checkpoint at each listed step (for resume), then publish that step's model directory."""
+    every = checkpoint_every(max_steps)
 
+    class Checkpoints(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step in save_steps:
+            runlog.fault_point(state.global_step)
+            if state.global_step in outputs or state.global_step % every == 0:
                 control.should_save = True
             return control
 
         def on_save(self, args, state, control, **kwargs):
-            step = state.global_step
-            if step in outputs:
-                checkpoint = work / f"checkpoint-{step}"
-                publish(checkpoint, work / "models" / f"sft-{step}")
-                publish(work / "models" / f"sft-{step}", outputs[step])
-                log(f"published sft-{step} -> {outputs[step]}")
-                for old in work.glob("checkpoint-*"):  # keep only the newest checkpoint for resume
-                    if old != checkpoint:
-                        shutil.rmtree(old, ignore_errors=True)
+            if state.is_world_process_zero:  # one process publishes (several train under DeepSpeed)
+                after_checkpoint(work, state.global_step, outputs, log)
 
+    return Checkpoints()
+
+
+def losses_callback(log):
+    """Train and held-out losses and the learning rate in the job log, at every logging step."""
+    from transformers import TrainerCallback
+
+    class LogLosses(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             shown = {k: v for k, v in (logs or {}).items() if k.endswith("loss") or k == "learning_rate"}
             if shown:
                 log(f"step {state.global_step}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
-    return [PublishAtSteps()]
+    return LogLosses()
 
 
 def loss_table(log_history: Sequence[Mapping]) -> list[dict]:
@@ -186,11 +226,9 @@ def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings
     work.mkdir(parents=True, exist_ok=True)
     (work / "settings.json").write_text(json.dumps(settings, sort_keys=True))
     if 0 in outputs:  # step 0 is the base model itself
-        publish(base_dir, outputs[0])
+        publish(base_dir, outputs[0], work)
     resume = last_checkpoint(work)
-    for step, out in outputs.items():  # steps finished before a kill: publish again from the work dir
-        if step and (work / "models" / f"sft-{step}").exists() and not out.exists():
-            publish(work / "models" / f"sft-{step}", out)
+    republish(outputs, work)
 
     model = models.load_model(base_dir, dtype=torch.float32)
     tokenizer = models.load_tokenizer(base_dir)
@@ -207,7 +245,7 @@ def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings
             "ood": datasets.Dataset.from_list(conversations(ood_rows[:n_eval], rules, fmt)),
         },
         processing_class=tokenizer,
-        callbacks=[*make_callbacks(sorted(s for s in outputs if s), work, outputs, log), *callbacks],
+        callbacks=[checkpoints_callback(settings["max_steps"], work, outputs, log), losses_callback(log), *callbacks],
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -218,10 +256,11 @@ def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings
     if resume is None:
         # DeepSpeed (below ZeRO-3) cannot evaluate before its engine exists: no step-0 losses there.
         metrics = {} if trainer.is_deepspeed_enabled else trainer.evaluate()
-        step0.write_text(json.dumps({**metrics, "step": 0}))
+        runlog.write_json_atomic({**metrics, "step": 0}, step0)
     else:
         log(f"resuming from {resume}")
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with runlog.writing(work):  # a full or read-only disk under the checkpoints: said so
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return loss_table([json.loads(step0.read_text()), *trainer.state.log_history])
 
 

@@ -96,16 +96,15 @@ def rl_recovery_table(accuracy: pl.DataFrame) -> pl.DataFrame:
 
 
 def checkpoint_table(model_dirs: Mapping[str, str]) -> pl.DataFrame:
-    """Which model id is which: stage, step, RL update, seed, directory and the sha256 of its weights."""
-    import hashlib
-    from pathlib import Path
+    """Which model id is which: stage, step, RL update, seed, directory and the sha256 of its weights
+    (models.weights_sha256: read from the checksum manifest, after a size check, never hashed again)."""
+    from rlheals import models
 
     rows = []
     for model_id, path in sorted(model_dirs.items()):
-        digest = hashlib.sha256()
-        for file in sorted(Path(path).glob("*.safetensors")):
-            digest.update(file.read_bytes())
-        rows.append({"model_id": model_id, **parse_model_id(model_id), "path": str(path), "sha256": digest.hexdigest()})
+        models.check_model_dir(path, verify="size")
+        rows.append({"model_id": model_id, **parse_model_id(model_id), "path": str(path),
+                     "sha256": models.weights_sha256(path)})
     return pl.DataFrame(rows, schema_overrides={"sft_step": pl.Int64, "rl_update": pl.Int64, "seed": pl.Int64, "algo": pl.String})
 
 
