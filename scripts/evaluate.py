@@ -15,9 +15,12 @@ cfg = json.loads(snakemake.params.cfg)
 settings, fmt = cfg["eval"], cfg["prompt"]["format"]
 torch.set_num_threads(snakemake.threads)
 model_id = snakemake.wildcards.model_id
-model = models.load_model(snakemake.input.model, dtype=torch.float32)
+# On a GPU node the model runs there in bfloat16 (the papers' setting); on the CPU in float32.
+device = "cuda" if torch.cuda.is_available() else "cpu"
+model = models.load_model(snakemake.input.model, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+model = model.to(device).eval()
 tokenizer = models.load_tokenizer(snakemake.input.model)
-log.info("%s loaded in %.1f s since start", model_id, time.time() - start)
+log.info("%s loaded on %s in %.1f s since start", model_id, device, time.time() - start)
 
 rules = data.rules_from_config(cfg["game"])
 rows = [r for path in snakemake.input.tests for r in data.read_jsonl(path)[: settings["episodes"]]]

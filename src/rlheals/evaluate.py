@@ -140,8 +140,8 @@ class Batch:
             # without this switch transformers copies every key/value head per query head at each step.
             # (On CUDA a mask would push GQA onto the slow math kernel: left alone there.)
             os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
-        self.tokens = torch.empty((0, 0), dtype=torch.long)
-        self.mask = torch.empty((0, 0), dtype=torch.long)
+        self.device = model.device
+        self.tokens = self.mask = torch.empty((0, 0), dtype=torch.long, device=self.device)
 
     def turn(self, conversations_ids: Sequence[list[int]]) -> list[str]:
         import torch
@@ -149,23 +149,22 @@ class Batch:
         pad, eos, steps = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.decoding.max_new_tokens
         rows = len(conversations_ids)
         if self.tokens.shape[0] == 0:
-            self.tokens = self.mask = torch.empty((rows, 0), dtype=torch.long)
+            self.tokens = self.mask = torch.empty((rows, 0), dtype=torch.long, device=self.device)
         suffixes = [self._reuse(row, ids) for row, ids in enumerate(conversations_ids)]
         self._close_holes()
         cached = self.tokens.shape[1]
         width = max(map(len, suffixes))
         start = cached + width  # the first decode column
         # Columns: the cache, the prefill chunk (left-padded), then one per decode step.
-        tokens = torch.full((rows, start + steps), pad, dtype=torch.long)
+        tokens = torch.full((rows, start + steps), pad, dtype=torch.long, device=self.device)
         mask = torch.zeros_like(tokens)
         tokens[:, :cached], mask[:, :cached] = self.tokens, self.mask
-        for row, suffix in enumerate(suffixes):
-            tokens[row, start - len(suffix) : start] = torch.tensor(suffix)
-            mask[row, start - len(suffix) : start] = 1
+        tokens[:, cached:start] = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes])
+        mask[:, cached:start] = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes])
         position = mask.sum(1)  # the position of each row's next token
-        answers = torch.full((rows, steps), pad, dtype=torch.long)
-        step_rows = torch.arange(rows)  # the batch rows still in the step batch, in cache order
-        done = torch.zeros(rows, dtype=torch.bool)
+        answers = torch.full((rows, steps), pad, dtype=torch.long, device=self.device)
+        step_rows = torch.arange(rows, device=self.device)  # batch rows still in the step batch, cache order
+        done = torch.zeros(rows, dtype=torch.bool, device=self.device)
         parked = []
         with torch.inference_mode():
             prefill_positions = (mask[:, :start].cumsum(1) - 1).clamp(min=0)[:, cached:]
@@ -250,7 +249,7 @@ class Batch:
         """Drop every row not in `rows` (finished episodes leave the batch)."""
         import torch
 
-        index = torch.tensor(list(rows), dtype=torch.long)
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
         self.tokens, self.mask = self.tokens[index], self.mask[index]
         self.cache.batch_select_indices(index)
 
@@ -304,7 +303,7 @@ def run_episodes_one_at_a_time(model, tokenizer, episodes: Sequence[Episode], ve
     for e in episodes:
         chat, tries = [{"role": "user", "content": e.prompt}], []
         for _ in range(turns):
-            ids = torch.tensor([encode(tokenizer, chat)])
+            ids = torch.tensor([encode(tokenizer, chat)], device=model.device)
             with torch.inference_mode():
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                      max_new_tokens=decoding.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
