@@ -132,10 +132,11 @@ def verify_manifest(path: Path, files: Mapping[str, Mapping], mode: str) -> None
         raise ValueError(f"{VERIFY_ENV}={mode!r}: use sha256 (default) or size")
     manifest, present = path / MANIFEST, set(model_files(path))
     hint = "delete the directory and rerun snakemake to rebuild it"
-    for name in sorted(set(files) - present):
-        raise FileNotFoundError(f"{path / name} is missing (listed in {manifest}): {hint}")
-    for name in sorted(present - set(files)):
-        raise ValueError(f"{path / name} is not listed in {manifest}: added after the directory was written; {hint}")
+    missing, unlisted = sorted(set(files) - present), sorted(present - set(files))
+    if missing:
+        raise FileNotFoundError(f"{path / missing[0]} is missing (listed in {manifest}): {hint}")
+    if unlisted:
+        raise ValueError(f"{path / unlisted[0]} is not listed in {manifest}: added after the directory was written; {hint}")
     for name, entry in sorted(files.items()):
         size = (path / name).stat().st_size
         if size != entry["size"]:
@@ -155,6 +156,9 @@ def check_model_dir(path: str | Path, verify: str | None = None) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist")
+    files = read_manifest(path)
+    if files is not None:
+        verify_manifest(path, files, verify or os.environ.get(VERIFY_ENV, "sha256"))
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         if list(path.glob("*.bin")) or list(path.glob("*.pt")):
@@ -162,9 +166,6 @@ def check_model_dir(path: str | Path, verify: str | None = None) -> Path:
         raise FileNotFoundError(f"{path} has no *.safetensors weights")
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path / 'config.json'} is missing")
-    files = read_manifest(path)
-    if files is not None:
-        verify_manifest(path, files, verify or os.environ.get(VERIFY_ENV, "sha256"))
     from safetensors import SafetensorError, safe_open
 
     for file in weights:  # reads only the header, which also covers the file's length: truncation shows
@@ -187,6 +188,7 @@ def weights_sha256(path: str | Path) -> str:
     if len(names) == 1:
         return sums[names[0]]
     return hashlib.sha256("".join(f"{sums[n]}  {n}\n" for n in names).encode()).hexdigest()
+
 
 def load_model(path: str | Path, dtype=None):
     """Load a causal LM from a local directory: safetensors only, no remote code, never the network."""

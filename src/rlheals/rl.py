@@ -1,6 +1,7 @@
 """RL from an SFT checkpoint on the ID rule, rewarded by the verifier: GRPO and RLOO through TRL, the
 paper's PPO (rlheals.ppo), and the continued-SFT control. Shared here: the reward function, the prompt
-dataset, the OOD/ID probe that runs during training, the per-update log and checkpoint publishing."""
+dataset, the OOD/ID probe that runs during training, and the per-update log (kept in the work directory
+with the checkpoints of sft.checkpoints_callback, so that a killed run resumes where it was)."""
 
 from __future__ import annotations
 
