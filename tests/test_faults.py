@@ -326,7 +326,8 @@ def rl_setup(tmp_path_factory, tokenizer):
     rules = data.rules_from_config(game)
     verifier = TextReward(game["target"], fmt, cfg["verify"]["strict_format"], cfg["verify"]["rewards"])
     probe = rl.Probe(evaluate.episodes_from_rows([*rows["id_test"], *rows["ood_test"]], rules, fmt), verifier, 1, 8)
-    settings = {**cfg["rl"], "updates": 3, "save_updates": [1], "max_new_tokens": 6}
+    # Probes (and the control's loss logs) every 2 updates: the resume from update 1 falls between two.
+    settings = {**cfg["rl"], "updates": 3, "save_updates": [1], "max_new_tokens": 6, "probe": {"every": 2, "episodes": 2}}
     return {"cfg": cfg, "start": start, "rows": rows, "rules": rules, "fmt": fmt, "verifier": verifier,
             "probe": probe, "settings": settings}
 
@@ -353,7 +354,8 @@ def weights_of(root: Path) -> dict[str, str]:
 @pytest.mark.parametrize("algo", ["ppo", "grpo", "sft_continue"])
 def test_rl_killed_after_an_update_resumes_to_the_same_model(algo, rl_setup, tmp_path, monkeypatch):
     """Killed after update 2 (checkpoints at 1, 2, 3; update 2's not yet written): the rerun resumes from
-    update 1, publishes u1 again (snakemake removed it), and ends bit-identical, log rows included."""
+    update 1, publishes u1 again (snakemake removed it), and ends bit-identical, log rows included (the
+    control's train loss logged at update 2 averages updates 1 and 2 as in the uninterrupted run)."""
     clean = run_algo(algo, rl_setup, tmp_path / "clean")
     monkeypatch.setattr(runlog, "fault_point", kill_after(2))
     with pytest.raises(Killed):

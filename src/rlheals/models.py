@@ -131,7 +131,7 @@ def verify_manifest(path: Path, files: Mapping[str, Mapping], mode: str) -> None
     if mode not in ("sha256", "size"):
         raise ValueError(f"{VERIFY_ENV}={mode!r}: use sha256 (default) or size")
     manifest, present = path / MANIFEST, set(model_files(path))
-    hint = "delete the directory and rerun snakemake to rebuild it"
+    hint = "delete the directory and run the same snakemake command again to rebuild it"
     missing, unlisted = sorted(set(files) - present), sorted(present - set(files))
     if missing:
         raise FileNotFoundError(f"{path / missing[0]} is missing (listed in {manifest}): {hint}")

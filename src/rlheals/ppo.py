@@ -280,7 +280,7 @@ def run(start: Path, rows: Sequence[Mapping], rules, fmt: str, settings: Mapping
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     work.mkdir(parents=True, exist_ok=True)
-    resume = sft.last_checkpoint(work, marker=STATE)
+    resume = sft.last_checkpoint(work)
     sft.republish(outputs, work)
     if resume:
         log(f"resuming from {resume}")

@@ -207,8 +207,7 @@ def run_trl(algo: str, start: Path, rows: Sequence[Mapping], rules, fmt: str, se
     trainer.remove_callback(PrinterCallback)
     if resume:
         log(f"resuming from {resume}")
-    with runlog.writing(work):  # a full or read-only disk under the checkpoints: said so
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    sft.train(trainer, work, resume)
     return log_rows
 
 

@@ -72,18 +72,21 @@ def republish(outputs: Mapping[int, Path], work: Path) -> None:
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
-def last_checkpoint(work: Path, marker: str = "trainer_state.json") -> Path | None:
-    """The newest complete checkpoint: the Trainer writes trainer_state.json last (PPO's checkpoints are
-    written whole, atomically, with ppo_state.pt)."""
+# Written last into a checkpoint: it is complete and its outputs are published. A dotfile: never in a
+# checksum manifest (PPO's checkpoints are model directories) nor in a published model.
+RESUME = ".resume.json"
+
+
+def last_checkpoint(work: Path) -> Path | None:
+    """The newest complete checkpoint (after_checkpoint marks it so, last)."""
 
     def complete(path: Path) -> bool:
         try:
-            return marker != "trainer_state.json" or isinstance(json.loads((path / marker).read_text()), dict)
+            return isinstance(json.loads((path / RESUME).read_text()), dict)
         except (OSError, ValueError):
             return False
 
-    found = [p for p in work.glob("checkpoint-*")
-             if _CHECKPOINT.fullmatch(p.name) and (p / marker).exists() and complete(p)]
+    found = [p for p in work.glob("checkpoint-*") if _CHECKPOINT.fullmatch(p.name) and complete(p)]
     return max(found, key=step_of, default=None)
 
 
@@ -97,12 +100,15 @@ def checkpoint_every(max_steps: int) -> int:
     return max(1, max_steps // RESUME_CHECKPOINTS)
 
 
-def after_checkpoint(work: Path, step: int, outputs: Mapping[int, Path], log) -> None:
-    """Once checkpoint-{step} is complete: publish it if `step` is an output, drop older checkpoints."""
+def after_checkpoint(work: Path, step: int, outputs: Mapping[int, Path], log, state: Mapping | None = None) -> None:
+    """Once checkpoint-{step} is written: publish it if `step` is an output, then mark it complete (with
+    `state`, what the trainer needs beyond the checkpoint), then drop older checkpoints. A kill anywhere in
+    between leaves a complete checkpoint to resume from, whose outputs were published."""
     checkpoint = work / f"checkpoint-{step}"
     if step in outputs:
         publish(checkpoint, outputs[step], work)
         log(f"published {outputs[step]}")
+    runlog.write_json_atomic(dict(state or {}), checkpoint / RESUME)
     for old in work.glob("checkpoint-*"):  # keep only the newest checkpoint for resume
         if old != checkpoint:
             shutil.rmtree(old, ignore_errors=True)
@@ -169,12 +175,25 @@ def trainer_class():
 
 def checkpoints_callback(max_steps: int, work: Path, outputs: Mapping[int, Path], log):
     """For a Trainer run in `work`: a checkpoint at each output step and every tenth of the run (for
-    resume), each output published from its checkpoint, and the fault hook at the end of every step."""
+    resume), each output published from its checkpoint, and the fault hook at the end of every step.
+    The train loss summed since the last logged step is kept with a checkpoint and put back on resume
+    (else the first loss logged after a resume would average fewer steps); `train` hands it the trainer."""
+    import torch
     from transformers import TrainerCallback
 
     every = checkpoint_every(max_steps)
 
     class Checkpoints(TrainerCallback):
+        trainer = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            resumed = work / f"checkpoint-{state.global_step}" / RESUME
+            if state.global_step and hasattr(self.trainer, "_tr_loss") and resumed.exists():
+                saved = json.loads(resumed.read_text())
+                self.trainer._tr_loss = torch.tensor(saved["tr_loss"], dtype=self.trainer._tr_loss.dtype,
+                                                     device=self.trainer._tr_loss.device)
+                self.trainer._globalstep_last_logged = saved["last_logged"]
+
         def on_step_end(self, args, state, control, **kwargs):
             runlog.fault_point(state.global_step)
             if state.global_step in outputs or state.global_step % every == 0:
@@ -182,10 +201,23 @@ def checkpoints_callback(max_steps: int, work: Path, outputs: Mapping[int, Path]
             return control
 
         def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:  # one process publishes (several train under DeepSpeed)
-                after_checkpoint(work, state.global_step, outputs, log)
+            if not state.is_world_process_zero:  # one process publishes (several train under DeepSpeed)
+                return
+            kept = {}
+            if hasattr(self.trainer, "_tr_loss"):  # transformers' private logging state (5.x)
+                kept = {"tr_loss": float(self.trainer._tr_loss), "last_logged": self.trainer._globalstep_last_logged}
+            after_checkpoint(work, state.global_step, outputs, log, kept)
 
     return Checkpoints()
+
+
+def train(trainer, work: Path, resume: Path | None) -> None:
+    """trainer.train, from `resume` if there is one; a full or read-only disk under the checkpoints is said so."""
+    for callback in trainer.callback_handler.callbacks:
+        if hasattr(callback, "trainer"):
+            callback.trainer = trainer
+    with runlog.writing(work):
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
 
 def losses_callback(log):
@@ -259,8 +291,7 @@ def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings
         runlog.write_json_atomic({**metrics, "step": 0}, step0)
     else:
         log(f"resuming from {resume}")
-    with runlog.writing(work):  # a full or read-only disk under the checkpoints: said so
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train(trainer, work, resume)
     return loss_table([json.loads(step0.read_text()), *trainer.state.log_history])
 
 
