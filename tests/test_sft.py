@@ -147,7 +147,7 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(workflow):
         )
     work = workflow.path / "results" / "work"
     deadline = time.time() + 120
-    while time.time() < deadline and not list(work.glob("sft-*/models/sft-10")):
+    while time.time() < deadline and not list(work.glob(f"sft-*/checkpoint-10/{sft.RESUME}")):  # complete, published
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
