@@ -437,8 +437,8 @@ def outputs_of(results: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_sft_and_rl_killed_by_sigkill_resume_to_the_same_outputs(workflow):
-    """Uninterrupted, then: SIGKILL of the SFT job and snakemake together after step 3 (a lost node), rerun
-    with --rerun-incomplete; every RL job (grpo, ppo, control) SIGKILLed after update 2 (a job killed by
+    """Uninterrupted, then: SIGKILL of the SFT job and snakemake together after step 4 (a lost node), rerun
+    with --rerun-incomplete (from step 3, between two logged steps); every RL job (grpo, ppo, control) SIGKILLed after update 2 (a job killed by
     the scheduler), rerun. Every model and log ends byte-identical to the uninterrupted run."""
     env = frozen_package(workflow)
     target = "results/tables/rl_log.parquet"
@@ -454,10 +454,10 @@ def test_sft_and_rl_killed_by_sigkill_resume_to_the_same_outputs(workflow):
     from conftest import SNAKEMAKE
 
     killed = subprocess.run([str(SNAKEMAKE), target, "--cores", "2", "--configfile", "config/smoke.yaml"], cwd=workflow.path,
-                            env={**env, "RLHEALS_FAULT_AFTER_STEP": "3", "RLHEALS_FAULT_GROUP": "1"},
+                            env={**env, "RLHEALS_FAULT_AFTER_STEP": "4", "RLHEALS_FAULT_GROUP": "1"},
                             capture_output=True, text=True, start_new_session=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert list((results / "work").glob("sft-*/checkpoint-2")) and not (results / "models" / "sft-4").exists()
+    assert list((results / "work").glob("sft-*/checkpoint-3")) and not (results / "models" / "sft-4").exists()
     workflow.run("--unlock", env=env)
     rl_killed = workflow.run(target, "--rerun-incomplete", "--keep-going", check=False,
                              env={**env, "RLHEALS_FAULT_AFTER_STEP": "2"})

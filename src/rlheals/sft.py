@@ -188,8 +188,8 @@ def checkpoints_callback(max_steps: int, work: Path, outputs: Mapping[int, Path]
 
         def on_train_begin(self, args, state, control, **kwargs):
             resumed = work / f"checkpoint-{state.global_step}" / RESUME
-            if state.global_step and hasattr(self.trainer, "_tr_loss") and resumed.exists():
-                saved = json.loads(resumed.read_text())
+            saved = json.loads(resumed.read_text()) if state.global_step and resumed.exists() else {}
+            if "tr_loss" in saved and hasattr(self.trainer, "_tr_loss"):
                 self.trainer._tr_loss = torch.tensor(saved["tr_loss"], dtype=self.trainer._tr_loss.dtype,
                                                      device=self.trainer._tr_loss.device)
                 self.trainer._globalstep_last_logged = saved["last_logged"]
