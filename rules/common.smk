@@ -121,6 +121,8 @@ def rl_slice(run):
     skip = {"algos", "from_steps", "seeds", "control"}
     if algo != "ppo":
         skip |= {"ppo", "verify_turns"}
+    if algo not in ("grpo", "rloo"):
+        skip |= {"deepspeed"}
     if algo == "sft_continue":
         skip |= {
             "num_generations",

@@ -9,12 +9,17 @@ from pathlib import Path
 
 import polars as pl
 
-from rlheals import data, evaluate, models, rl, runlog
+from rlheals import data, evaluate, launch, models, rl, runlog
 from rlheals.verify import Verifier
 
-log = runlog.setup(snakemake.log[0])
 cfg = json.loads(snakemake.params.cfg)
 algo, seed, settings = cfg["algo"], cfg["seed"], cfg["rl"]
+# A job given several GPUs runs this script again as one torchrun worker per GPU (TRL's trainers and the
+# control; the papers' PPO is written for one process), and is done when they are.
+if launch.run_as_workers(launch.workers(snakemake.resources) if algo != "ppo" else 1):
+    raise SystemExit(0)
+log = runlog.setup(launch.log_path(snakemake.log[0]))
+threads = max(1, snakemake.threads // launch.world_size())
 fmt, rules = cfg["prompt"]["format"], data.rules_from_config(cfg["game"])
 verifier = Verifier(cfg["game"]["target"], fmt, cfg["verify"]["strict_format"], cfg["verify"]["rewards"])
 n_probe = settings["probe"]["episodes"]
@@ -31,15 +36,17 @@ work = Path("results/work") / f"rl-{hashlib.sha256(key.encode()).hexdigest()[:12
 log.info("%s from %s, seed %d, %d updates", algo, start, seed, settings["updates"])
 if algo in rl.TRL_ALGOS:
     rows = rl.run_trl(algo, start, train, rules, fmt, settings, verifier, probe, outputs, work, seed,
-                      snakemake.threads, log=log.info)
+                      threads, log=log.info)
 elif algo == "ppo":
     from rlheals import ppo
 
-    rows = ppo.run(start, train, rules, fmt, settings, verifier, probe, outputs, seed, snakemake.threads,
+    rows = ppo.run(start, train, rules, fmt, settings, verifier, probe, outputs, seed, threads,
                    log=log.info, work=work)
 else:
     rows = rl.run_control(start, train, id_rows, ood_rows, rules, fmt, cfg["sft"], settings, probe, outputs,
-                          work, seed, snakemake.threads, log=log.info)
+                          work, seed, threads, log=log.info)
+if not launch.is_main():  # the main worker writes the log table and clears the work directory
+    raise SystemExit(0)
 table = pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.lit(snakemake.wildcards.rl_run).alias("run"))
 runlog.write_atomic(snakemake.output.log, table.write_parquet)
 shutil.rmtree(work, ignore_errors=True)

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import polars as pl
 
-from rlheals import data, models, runlog, sft
+from rlheals import data, launch, models, runlog, sft
 
-log = runlog.setup(snakemake.log[0])
+# A job given several GPUs runs this script again as one torchrun worker per GPU, and is done when they are.
+if launch.run_as_workers(launch.workers(snakemake.resources)):
+    raise SystemExit(0)
+log = runlog.setup(launch.log_path(snakemake.log[0]))
 cfg = json.loads(snakemake.params.cfg)
 settings = cfg["sft"]
-if settings["deepspeed"]:
-    settings["deepspeed"] = str(Path(sft.DEEPSPEED_CONFIGS[settings["deepspeed"]]).resolve())
-    sft.init_single_process_distributed()
 outputs = {int(Path(p).name.split("-")[1]): Path(p) for p in snakemake.output.models}
 # A killed run resumes from its work directory, keyed by the settings, the package code and the base
 # weights: a changed config, code or base model never resumes stale state.
@@ -30,9 +30,11 @@ losses = sft.run(
     settings,
     outputs,
     work,
-    snakemake.threads,
+    max(1, snakemake.threads // launch.world_size()),
     log=log.info,
 )
+if not launch.is_main():  # the main worker writes the tables and clears the work directory
+    raise SystemExit(0)
 table = pl.DataFrame(losses)
 runlog.write_atomic(snakemake.output.losses, table.write_parquet)
 shutil.rmtree(work)

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rlheals import cards, evaluate, models, runlog
+from rlheals import cards, evaluate, launch, models, runlog
 from rlheals.verify import CATEGORIES, Verifier
 
 TRL_ALGOS = ("grpo", "rloo")
@@ -122,7 +122,8 @@ def trl_config(algo: str, settings: Mapping, work: Path, seed: int):
     return config_class(
         output_dir=str(work),
         max_steps=settings["updates"],
-        per_device_train_batch_size=settings["prompts_per_update"] * settings["num_generations"],
+        per_device_train_batch_size=launch.per_device_batch(
+            settings["prompts_per_update"] * settings["num_generations"], 1, "rl.prompts_per_update"),
         gradient_accumulation_steps=1,
         num_generations=settings["num_generations"],
         max_completion_length=settings["max_new_tokens"],
@@ -144,6 +145,7 @@ def trl_config(algo: str, settings: Mapping, work: Path, seed: int):
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        deepspeed=launch.deepspeed_config(settings.get("deepspeed")),
     )
 
 
@@ -190,7 +192,8 @@ def run_trl(algo: str, start: Path, rows: Sequence[Mapping], rules, fmt: str, se
     reward = Reward(verifier)
     work.mkdir(parents=True, exist_ok=True)
     resume = sft.last_checkpoint(work)
-    sft.republish(outputs, work)
+    if launch.is_main():
+        sft.republish(outputs, work)
     log_rows = load_rows(work, sft.step_of(resume))
     trainer_class = GRPOTrainer if algo == "grpo" else RLOOTrainer
     trainer = trainer_class(
@@ -205,6 +208,7 @@ def run_trl(algo: str, start: Path, rows: Sequence[Mapping], rules, fmt: str, se
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    log(f"workers: {launch.world_size()}; deepspeed enabled: {trainer.is_deepspeed_enabled}")
     if resume:
         log(f"resuming from {resume}")
     sft.train(trainer, work, resume)

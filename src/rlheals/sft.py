@@ -11,12 +11,11 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rlheals import cards, models, runlog
+from rlheals import cards, launch, models, runlog
 
 # Files of a Trainer checkpoint that are training state, not part of the model directory.
 TRAINING_STATE = re.compile(r"optimizer\.pt|scheduler\.pt|rng_state.*\.pth|ppo_state\.pt|trainer_state\.json|training_args\.bin|latest|zero_to_fp32\.py")
 RESUME_CHECKPOINTS = 10  # resume checkpoints per run
-DEEPSPEED_CONFIGS = {"zero2": "config/deepspeed/zero2.json", "zero3": "config/deepspeed/zero3.json"}
 
 
 def conversations(rows: Sequence[Mapping], rules: Mapping[str, cards.Rule], fmt: str) -> list[dict]:
@@ -121,13 +120,12 @@ def training_args(settings: Mapping, work: Path, threads: int, held_out: bool = 
     from trl import SFTConfig
 
     on_gpu = torch.cuda.is_available()
-    deepspeed = settings.get("deepspeed")
     return SFTConfig(
         output_dir=str(work),
         max_steps=settings["max_steps"],
-        per_device_train_batch_size=settings["batch_size"] // settings["grad_accum"],
+        per_device_train_batch_size=launch.per_device_batch(settings["batch_size"], settings["grad_accum"], "batch_size"),
         gradient_accumulation_steps=settings["grad_accum"],
-        per_device_eval_batch_size=settings["batch_size"],
+        per_device_eval_batch_size=launch.per_device_batch(settings["batch_size"], 1, "batch_size"),
         learning_rate=settings["lr"],
         lr_scheduler_type=settings["lr_scheduler"],
         warmup_steps=settings["warmup_ratio"],  # a float < 1 is a share of max_steps
@@ -152,7 +150,7 @@ def training_args(settings: Mapping, work: Path, threads: int, held_out: bool = 
         dataloader_num_workers=0,
         report_to="none",
         disable_tqdm=True,
-        deepspeed=str(deepspeed) if deepspeed else None,
+        deepspeed=launch.deepspeed_config(settings.get("deepspeed")),
         save_only_model=False,
         torch_compile=False,
     )
@@ -256,11 +254,13 @@ def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings
     torch.set_num_threads(threads)
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     work.mkdir(parents=True, exist_ok=True)
-    (work / "settings.json").write_text(json.dumps(settings, sort_keys=True))
-    if 0 in outputs:  # step 0 is the base model itself
-        publish(base_dir, outputs[0], work)
+    main = launch.is_main()  # of several workers, one writes what they share
+    if main:
+        (work / "settings.json").write_text(json.dumps(settings, sort_keys=True))
+        if 0 in outputs:  # step 0 is the base model itself
+            publish(base_dir, outputs[0], work)
+        republish(outputs, work)
     resume = last_checkpoint(work)
-    republish(outputs, work)
 
     model = models.load_model(base_dir, dtype=torch.float32)
     tokenizer = models.load_tokenizer(base_dir)
@@ -282,21 +282,15 @@ def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our on_log callback logs instead of print()
-    log(f"deepspeed enabled: {trainer.is_deepspeed_enabled}; trainable tensors: "
+    log(f"workers: {launch.world_size()}; deepspeed enabled: {trainer.is_deepspeed_enabled}; trainable tensors: "
         f"{sum(p.requires_grad for p in model.parameters())}/{len(list(model.parameters()))}")
     step0 = work / "step0_metrics.json"  # held-out losses of the base model, kept for a resumed run
     if resume is None:
         # DeepSpeed (below ZeRO-3) cannot evaluate before its engine exists: no step-0 losses there.
         metrics = {} if trainer.is_deepspeed_enabled else trainer.evaluate()
-        runlog.write_json_atomic({**metrics, "step": 0}, step0)
+        if main:
+            runlog.write_json_atomic({**metrics, "step": 0}, step0)
     else:
         log(f"resuming from {resume}")
     train(trainer, work, resume)
-    return loss_table([json.loads(step0.read_text()), *trainer.state.log_history])
-
-
-def init_single_process_distributed() -> None:
-    """DeepSpeed outside a launcher looks for MPI; a single process needs these set (STACK.md, pitfall 6)."""
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": "29511"}.items():
-        os.environ.setdefault(key, value)
+    return loss_table([*([json.loads(step0.read_text())] if main else []), *trainer.state.log_history])

@@ -1,0 +1,80 @@
+import sys
+
+import pytest
+
+from rlheals import launch
+
+
+def test_workers_follow_the_jobs_gpus():
+    assert launch.workers({}) == 1
+    assert launch.workers({"gpu": 0}) == 1
+    assert launch.workers({"gpu": 1, "mem_mb": 4000}) == 1
+    assert launch.workers({"gpu": 8}) == 8
+
+
+def test_one_worker_or_inside_a_worker_runs_in_process(monkeypatch, tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text("raise SystemExit(3)")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert launch.run_as_workers(1, str(script)) is False
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert launch.run_as_workers(4, str(script)) is False  # already a worker: never launch again
+
+
+def test_workers_run_the_script_and_a_failure_is_reported(monkeypatch, tmp_path):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, pathlib\n"
+        f"pathlib.Path({str(tmp_path)!r}, 'rank' + os.environ['RANK']).write_text(os.environ['WORLD_SIZE'])\n"
+    )
+    assert launch.run_as_workers(2, str(script), log=lambda _: None) is True
+    assert (tmp_path / "rank0").read_text() == (tmp_path / "rank1").read_text() == "2"
+    script.write_text("import sys; sys.exit(5)")
+    with pytest.raises(RuntimeError, match=r"2 workers of .*job.py failed \(exit 1\)"):
+        launch.run_as_workers(2, str(script), log=lambda _: None)
+
+
+def test_global_batch_is_kept_over_workers(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert launch.per_device_batch(64, 1, "sft.batch_size") == 8
+    assert launch.per_device_batch(64, 2, "sft.batch_size") == 4
+    with pytest.raises(ValueError, match="config key sft.batch_size: a global batch of 60 does not split over 8"):
+        launch.per_device_batch(60, 1, "sft.batch_size")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert launch.per_device_batch(60, 3, "sft.batch_size") == 20
+
+
+def test_only_the_main_worker_owns_the_log(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    assert launch.is_main() and launch.log_path("logs/sft.log") == "logs/sft.log"
+    monkeypatch.setenv("RANK", "3")
+    assert not launch.is_main() and launch.log_path("logs/sft.log") == "logs/sft.log.rank3"
+
+
+def test_the_launcher_is_the_running_python(monkeypatch, tmp_path):
+    """torchrun is started as `python -m torch.distributed.run` with this interpreter: the venv's, so a
+    job never picks up another torch from PATH."""
+    calls = []
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(launch.subprocess, "run", lambda cmd: calls.append(cmd) or type("P", (), {"returncode": 0}))
+    launch.run_as_workers(3, "job.py", log=lambda _: None)
+    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "job.py"]]
+
+
+@pytest.mark.slow
+def test_sft_and_grpo_jobs_given_two_gpus_train_as_two_workers(workflow):
+    """The real path of a multi-GPU job, on the CPU: `gpu=2` (what the SLURM profile asks for) makes the
+    SFT and GRPO jobs run themselves as two torchrun workers (gloo); one publishes, both log."""
+    from rlheals import models
+
+    proc = workflow.run("results/models/rl-grpo-6", "--set-resources", "sft:gpu=2", "rl:gpu=2")
+    launched = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if "launching 2 workers" in line]
+    assert len(launched) == 2 and any(".sft.py" in line for line in launched) and any(".rl.py" in line for line in launched)
+    logs = workflow.path / "logs"
+    assert "workers: 2; deepspeed enabled: False" in (logs / "sft.log").read_text()
+    assert "workers: 2; deepspeed enabled: False" in (logs / "sft.log.rank1").read_text()
+    assert "workers: 2" in (logs / "rl" / "grpo-6.log").read_text() and (logs / "rl" / "grpo-6.log.rank1").exists()
+    for model_id in ("sft-0", "sft-2", "sft-4", "sft-6", "rl-grpo-6", "rl-grpo-6-u1"):
+        models.load_model(workflow.path / "results" / "models" / model_id)  # complete, checksums verified
+    assert not list((workflow.path / "results").glob("**/*.tmp"))
