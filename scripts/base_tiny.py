@@ -22,10 +22,7 @@ texts = pretrain.corpus_texts(docs, tokenizer, cfg["pretrain"]["chat_share"], cf
 history = pretrain.train_causal_lm(model, tokenizer, texts, cfg["pretrain"], log=log.info)
 
 out = Path(snakemake.output.model)
-tmp = out.with_name(out.name + ".tmp")
-model.save_pretrained(tmp)
-tokenizer.save_pretrained(tmp)
-tmp.rename(out)
+models.save_model(model, tokenizer, out)  # atomic, with its checksum manifest
 
 # A first look at the base model (one greedy try per hand); the evaluation rule does the full protocol.
 rules = data.rules_from_config(cfg["game"])

@@ -164,7 +164,7 @@ def test_evaluation_rule_is_deterministic_and_refuses_broken_models(workflow):
     workflow.run("results/eval/sft-6.parquet")
     assert hashlib.sha256(out.read_bytes()).hexdigest() == first  # greedy twice: identical parquet
     log = (workflow.path / "logs" / "eval" / "sft-6.log").read_text()
-    assert "loaded in" in log
+    assert "loaded on cpu in" in log
 
     # A truncated weights file: the job fails naming the file and writes no result.
     weights = workflow.path / "results" / "models" / "sft-4" / "model.safetensors"
