@@ -155,8 +155,8 @@ def kill_timed(study: Study, rng: random.Random, span: float) -> tuple[str, bool
 def damage(study: Study, rng: random.Random, kind: str) -> tuple[str, bool, str]:
     """Flip a byte in (or cut short) a random file of a random SFT/RL model; its evaluation must fail
     naming the file and write nothing; deleting the directory and rerunning restores it exactly. sft-0 is
-    left out: it shares its files (hard links) with the base model, which base_tiny.py writes without a
-    manifest, so a rebuilt sft-0 would copy the damaged base."""
+    left out: it shares its files (hard links) with the base model, so damaging it damages the base too,
+    whose rebuild is the whole pretraining (that case is the base's own manifest check)."""
     candidates = sorted(p for p in (study.results / "models").glob("*-*") if p.is_dir() and p.name != "sft-0")
     model = rng.choice(candidates)
     file = rng.choice(sorted(p for p in model.iterdir() if p.is_file() and not p.name.startswith(".")))

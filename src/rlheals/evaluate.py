@@ -136,7 +136,7 @@ class Batch:
         self.pick = _picker(decoding)
         self.cache = growing_cache()
         if model.device.type == "cpu":
-            # torch's CPU attention handles grouped-query heads under a mask itself (bit-identical, tested);
+            # torch's CPU attention handles grouped-query heads under a mask itself (measured bit-identical);
             # without this switch transformers copies every key/value head per query head at each step.
             # (On CUDA a mask would push GQA onto the slow math kernel: left alone there.)
             os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")

@@ -92,17 +92,14 @@ def writing(path: str | Path, tmp: str | Path | None = None) -> Iterator[None]:
     path = Path(path)
     try:
         yield
-    except Exception as err:
-        code = None if isinstance(err, WriteError) else _errno_of(err, Path(tmp or path))  # before tmp frees space
+    except BaseException as err:  # a kill or Ctrl-C too: the temp output goes either way
+        known = isinstance(err, WriteError) or not isinstance(err, Exception)
+        code = None if known else _errno_of(err, Path(tmp or path))  # before removing tmp frees space
         if tmp is not None:
             _remove(Path(tmp))
         if code is None:
             raise
         raise WriteError(code, f"cannot write {path}: {CAUSES[code]} ({type(err).__name__}: {err})") from err
-    except BaseException:
-        if tmp is not None:
-            _remove(Path(tmp))
-        raise
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
