@@ -115,9 +115,10 @@ def test_cached_batches_match_one_episode_at_a_time(setting):
     assert all(r["tries"] == 3 for r in batched)  # nothing solved: every try went through the cache
 
 
-def test_rows_that_end_early_leave_the_step_batch_and_come_back(setting, monkeypatch):
-    """Answers ending at different steps: finished rows are parked out of the step batch and put back
-    with holes; the answers and every later try still equal one-at-a-time generation."""
+def test_rows_that_end_early_leave_the_step_batch_and_feedback_turns_are_fed_in_bands(setting, monkeypatch):
+    """Answers ending at different steps: finished rows are swapped out of the step batch and come back
+    for the next turn; feedback turns of different lengths are prefilled in bands (longest rows first).
+    The answers and every later try still equal one-at-a-time generation."""
     tokenizer, episodes = setting
     model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
                                                 "num_heads": 2, "num_kv_heads": 1, "max_positions": 512}, seed=1)
@@ -127,14 +128,27 @@ def test_rows_that_end_early_leave_the_step_batch_and_come_back(setting, monkeyp
     with torch.no_grad():  # end the answer where the model would say a fairly common word
         head = model.get_output_embeddings().weight
         head[tokenizer.eos_token_id] = 1.5 * head[tokenizer.convert_tokens_to_ids(common)]
-    parks = []
-    take = evaluate.Batch._take
-    monkeypatch.setattr(evaluate.Batch, "_take", lambda self, leaving: parks.append(int(leaving.sum())) or take(self, leaving))
+    parks, plans = [], []
+    park, plan = evaluate.Batch._park, evaluate.prefill_plan
+    monkeypatch.setattr(evaluate.Batch, "_park", lambda self, done: parks.append(int(done.sum())) or park(self, done))
+    monkeypatch.setattr(evaluate, "prefill_plan", lambda lengths: plans.append(plan(lengths, forward_cost=1)) or plans[-1])
     batched = evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=3, decoding=decoding, batch_size=9)
     reference = evaluate.run_episodes_one_at_a_time(model, tokenizer, episodes, verifier, turns=3, decoding=decoding)
     assert batched == reference
     lengths = {len(a.split()) for r in batched for a in r["answers"]}
     assert len(lengths) > 2 and len(parks) > 3  # answers of several lengths, rows parked several times
+    assert max(map(len, plans)) > 3  # some turn was fed in three bands or more
+
+
+def test_prefill_plan_splits_only_where_it_saves_more_than_a_forward():
+    assert evaluate.prefill_plan([5, 5, 5]) == [5, 0]  # equal lengths: one forward
+    assert evaluate.prefill_plan([40, 10, 10, 10], forward_cost=0) == [40, 10, 0]
+    assert evaluate.prefill_plan([40, 10, 10, 10], forward_cost=200) == [40, 0]  # 90 padded tokens < 200
+    lengths = [48] * 3 + [20] * 200 + [3] * 30
+    plan = evaluate.prefill_plan(lengths, forward_cost=96)
+    padded = lambda plan: sum(sum(n > low for n in lengths) * (high - low) for high, low in zip(plan, plan[1:]))  # noqa: E731
+    assert plan[0] == 48 and plan[-1] == 0 and padded(plan) < 0.6 * padded([48, 0])
+    assert padded(plan) + 96 * (len(plan) - 1) <= min(padded(p) + 96 * (len(p) - 1) for p in ([48, 0], [48, 20, 0], [48, 20, 3, 0]))
 
 
 def test_wilson_interval():

@@ -72,88 +72,130 @@ def _picker(decoding: Decoding):
 def encode(tokenizer, conversation: list[dict]) -> list[int]:
     """The token ids of a conversation up to the next assistant turn, exactly as a one-at-a-time
     evaluation would build them (template text, then the tokenizer)."""
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return encode_all(tokenizer, [conversation])[0]
 
 
-def growing_cache():
-    """A transformers DynamicCache whose layers keep spare columns: a decode step writes its key and
-    value in place instead of concatenating (copying) the whole cache, which at batch 256 costs more
-    than the step's attention."""
+def encode_all(tokenizer, conversations: Sequence[list[dict]]) -> list[list[int]]:
+    """`encode` for many conversations: one template call and one (parallel) tokenizer call."""
+    if not conversations:
+        return []
+    texts = tokenizer.apply_chat_template(list(conversations), tokenize=False, add_generation_prompt=True)
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def row_cache(rows: int):
+    """A transformers DynamicCache for `rows` conversations. Each layer keeps every row's keys and values
+    in one zero-filled storage with spare columns, and a forward over b rows reads and writes the first b
+    rows only: a row leaves a forward by being swapped past b (two rows copied, not the cache), and a
+    decode step writes its column in place instead of concatenating (copying) the whole cache. Columns
+    a row did not write stay zero, finite under the mask that hides them."""
+    import torch
     from transformers import DynamicCache
     from transformers.cache_utils import Cache, DynamicLayer
 
-    class GrowingLayer(DynamicLayer):
+    class RowLayer(DynamicLayer):
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-                self.replace(key_states[..., :0, :], value_states[..., :0, :])
-            used, new = self.keys.shape[-2], key_states.shape[-2]
-            if used + new > self._keys.shape[-2]:  # grow by half again (and at least 64 columns)
-                self.replace(self.keys, self.values, spare=max(64, used // 2 + new))
-            self._keys[..., used : used + new, :] = key_states
-            self._values[..., used : used + new, :] = value_states
-            self.keys, self.values = self._keys[..., : used + new, :], self._values[..., : used + new, :]
+                shape = (rows, key_states.shape[1], 0, key_states.shape[3])
+                self.replace(key_states.new_zeros(shape), value_states.new_zeros(shape))
+            b, used, new = key_states.shape[0], self.columns, key_states.shape[2]
+            if used + new > self._keys.shape[2]:  # grow by half again (and at least 64 columns)
+                self.replace(self._keys[:, :, :used], self._values[:, :, :used], spare=max(64, used // 2 + new))
+            self._keys[:b, :, used : used + new], self._values[:b, :, used : used + new] = key_states, value_states
+            self.columns = used + new
+            self.keys, self.values = self._keys[:b, :, : self.columns], self._values[:b, :, : self.columns]
             return self.keys, self.values
 
         def replace(self, keys, values, spare: int = 64) -> None:
-            """Hold `keys`/`values` (batch, heads, columns, dim) with `spare` free columns after them."""
-            columns = keys.shape[-2]
-            self._keys = keys.new_empty((*keys.shape[:-2], columns + spare, keys.shape[-1]))
-            self._values = values.new_empty((*values.shape[:-2], columns + spare, values.shape[-1]))
-            self._keys[..., :columns, :], self._values[..., :columns, :] = keys, values
-            self.keys, self.values = self._keys[..., :columns, :], self._values[..., :columns, :]
+            """Hold `keys`/`values` (rows, heads, columns, dim), zeros in `spare` columns after them."""
+            n, heads, columns, dim = keys.shape
+            self._keys, self._values = keys.new_zeros((n, heads, columns + spare, dim)), values.new_zeros((n, heads, columns + spare, dim))
+            self._keys[:, :, :columns], self._values[:, :, :columns] = keys, values
+            self.columns = columns
+            self.keys, self.values = self._keys[:, :, :columns], self._values[:, :, :columns]
 
-        def batch_select_indices(self, indices) -> None:
-            if self.is_initialized:
-                self._keys, self._values = self._keys[indices], self._values[indices]
-                columns = self.keys.shape[-2]
-                self.keys, self.values = self._keys[..., :columns, :], self._values[..., :columns, :]
-
-    class GrowingCache(DynamicCache):
+    class RowCache(DynamicCache):
         def __init__(self):
-            Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
+            Cache.__init__(self, layer_class_to_replicate=RowLayer)
 
-    return GrowingCache()
+        def swap(self, a, b) -> None:
+            """Exchange the storage rows `a` and `b` (index tensors of one length)."""
+            both, other = torch.cat([a, b]), torch.cat([b, a])
+            for layer in self.layers:
+                for store in (layer._keys, layer._values):
+                    store[both, :, : layer.columns] = store[other, :, : layer.columns]
+
+        def gather(self, rows, columns) -> None:
+            """Keep the storage rows `rows`, in that order, each with its `columns` (rows, width)."""
+            for layer in self.layers:
+                heads, capacity, dim = layer._keys.shape[1:]
+                flat = (rows[:, None, None] * heads + torch.arange(heads, device=rows.device)[:, None]) * capacity
+                flat = (flat + columns[:, None, :]).flatten()
+                keys, values = (store.view(-1, dim).index_select(0, flat).view(len(rows), heads, -1, dim)
+                                for store in (layer._keys, layer._values))
+                layer.replace(keys, values)
+
+    return RowCache()
+
+
+# A prefill forward costs about as much as this many extra token rows (measured on the CPU: 2-3 ms of
+# per-forward work against ~27 us per token); it decides when splitting a prefill pays.
+FORWARD_COST_TOKENS = 96
+
+
+def prefill_plan(lengths: Sequence[int], forward_cost: int = FORWARD_COST_TOKENS) -> list[int]:
+    """How to feed suffixes of these lengths, right-aligned, in as few padded token-forwards as pays:
+    widths W = w0 > w1 > ... > 0. Forward i feeds the columns at distance (w_{i+1}, w_i] from the right
+    end, for the rows longer than w_{i+1} only (with rows sorted longest first, a prefix of them), so one
+    long feedback turn no longer pads every row to its length."""
+    widths = sorted(set(lengths))
+    longer = lambda w: sum(n > w for n in lengths)  # noqa: E731
+    best = {0: (0, [0])}  # width -> (cost of feeding every column up to it, the plan)
+    for w in widths:
+        best[w] = min((best[v][0] + longer(v) * (w - v) + forward_cost, [w, *best[v][1]]) for v in best)
+    return best[widths[-1]][1]
 
 
 class Batch:
     """Conversations advancing together, turn by turn, keeping one KV cache between turns.
 
-    A turn prefills, per row, only the part of the re-encoded conversation the cache does not hold yet
-    (longest common prefix with the cached tokens, so an answer that does not survive decode/re-encode
-    rolls the cache back), then decodes one token per step through the model's forward. Rows that have
-    ended their answer leave the step batch once they are `park_share` of it: their cache rows are parked
-    and put back, with holes for the columns they skipped, when the turn ends, so one long answer does
-    not make every finished row pay for its steps. `tokens`/`mask` mirror the cache's columns: left
-    padding and holes are mask 0, and positions come from the mask, so neither shifts them. A row's last
-    token (its end of turn) is not fed: the next turn's prefill feeds it."""
+    Each conversation (row) lives in a slot of the cache (`order[slot]` is its row). A turn prefills, per
+    row, only the part of the re-encoded conversation the cache does not hold yet (longest common prefix
+    with the cached tokens, so an answer that does not survive decode/re-encode rolls the cache back),
+    longest suffixes first in the slots so a `prefill_plan` can feed them in bands; then it decodes one
+    token per step through the model's forward over the first n slots. A row whose answer has ended
+    leaves the step batch by a swap of slots once such rows are `park_share` of it, so one long answer
+    does not make every finished row pay for its steps. `tokens`/`mask` mirror the cache's columns per
+    slot: left padding and holes are mask 0, and positions come from the mask, so neither shifts them.
+    A row's last token (its end of turn) is not fed: the next turn's prefill feeds it."""
 
-    def __init__(self, model, tokenizer, decoding: Decoding, park_share: float = 0.25):
-        import torch
-
+    def __init__(self, model, tokenizer, decoding: Decoding, park_share: float = 0.1):
         self.model, self.tokenizer, self.decoding, self.park_share = model, tokenizer, decoding, park_share
         self.pick = _picker(decoding)
-        self.cache = growing_cache()
+        self.cache = None
         if model.device.type == "cpu":
             # torch's CPU attention handles grouped-query heads under a mask itself (measured bit-identical);
             # without this switch transformers copies every key/value head per query head at each step.
             # (On CUDA a mask would push GQA onto the slow math kernel: left alone there.)
             os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
         self.device = model.device
-        self.tokens = self.mask = torch.empty((0, 0), dtype=torch.long, device=self.device)
 
     def turn(self, conversations_ids: Sequence[list[int]]) -> list[str]:
         import torch
 
         pad, eos, steps = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.decoding.max_new_tokens
         rows = len(conversations_ids)
-        if self.tokens.shape[0] == 0:
+        if self.cache is None:
+            self.cache = row_cache(rows)
             self.tokens = self.mask = torch.empty((rows, 0), dtype=torch.long, device=self.device)
-        suffixes = [self._reuse(row, ids) for row, ids in enumerate(conversations_ids)]
-        self._close_holes()
-        cached = self.tokens.shape[1]
-        width = max(map(len, suffixes))
+            self.order = self.slots = torch.arange(rows, device=self.device)
+        suffixes = [self._reuse(int(slot), ids) for slot, ids in zip(self.slots, conversations_ids)]
+        plan = prefill_plan([len(s) for s in suffixes])
+        by_length = sorted(range(rows), key=lambda r: -len(suffixes[r])) if len(plan) > 2 else list(range(rows))
+        self._arrange(torch.tensor(by_length, device=self.device))
+        suffixes = [suffixes[r] for r in by_length]
+        cached, width = self.tokens.shape[1], plan[0]
         start = cached + width  # the first decode column
         # Columns: the cache, the prefill chunk (left-padded), then one per decode step.
         tokens = torch.full((rows, start + steps), pad, dtype=torch.long, device=self.device)
@@ -161,33 +203,37 @@ class Batch:
         tokens[:, :cached], mask[:, :cached] = self.tokens, self.mask
         tokens[:, cached:start] = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes])
         mask[:, cached:start] = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes])
-        position = mask.sum(1)  # the position of each row's next token
-        answers = torch.full((rows, steps), pad, dtype=torch.long, device=self.device)
-        step_rows = torch.arange(rows, device=self.device)  # batch rows still in the step batch, cache order
-        done = torch.zeros(rows, dtype=torch.bool, device=self.device)
-        parked = []
+        self.tokens, self.mask = tokens, mask
+        self.position = mask.sum(1)  # the position of each slot's next token
+        answers = torch.full((rows, steps), pad, dtype=torch.long, device=self.device)  # by row
         with torch.inference_mode():
-            prefill_positions = (mask[:, :start].cumsum(1) - 1).clamp(min=0)[:, cached:]
-            logits = self._forward(tokens[:, cached:start], mask[:, :start], prefill_positions)
+            positions = (mask[:, :start].cumsum(1) - 1).clamp(min=0)
+            for high, low in zip(plan, plan[1:]):  # bands of columns, rows longer than `low` only
+                n = sum(len(s) > low for s in suffixes)
+                logits = self._forward(tokens[:n, start - high : start - low], mask[:n, : start - low],
+                                       positions[:n, start - high : start - low])
+            n = rows
+            done = torch.zeros(n, dtype=torch.bool, device=self.device)
             for step in range(steps):
                 chosen = self.pick(logits)
-                answers[step_rows[~done], step] = chosen[~done]
+                live = ~done
+                answers[self.order[:n][live], step] = chosen[live]
                 done |= chosen == eos
                 if step + 1 == steps or bool(done.all()):
                     break
-                column = start + step
-                if int(done.sum()) >= max(1, self.park_share * len(step_rows)):
-                    parked.append((step_rows[done], self._take(done), column))
-                    step_rows, chosen, done = step_rows[~done], chosen[~done], done[~done]
-                live = step_rows[~done]
-                tokens[live, column], mask[live, column] = chosen[~done], 1
-                logits = self._forward(tokens[step_rows, column : column + 1], mask[step_rows, : column + 1],
-                                       position[step_rows, None])
-                position[live] += 1
+                if int(done.sum()) >= max(1, self.park_share * n):
+                    moved = self._park(done)
+                    n = len(moved)
+                    chosen, done = chosen[moved], done[moved]
+                live, column = ~done, start + step
+                tokens[:n, column] = torch.where(live, chosen, pad)
+                mask[:n, column] = live.long()
+                logits = self._forward(tokens[:n, column : column + 1], mask[:n, : column + 1], self.position[:n, None])
+                self.position[:n] += live.long()
         columns = self.cache.get_seq_length()
-        if parked:
-            self._put_back(step_rows, parked, rows, columns)
         self.tokens, self.mask = tokens[:, :columns], mask[:, :columns]
+        self.slots = torch.empty_like(self.order)
+        self.slots[self.order] = torch.arange(rows, device=self.device)  # row -> slot
         ended = (answers == eos).long().cumsum(1)
         kept = (ended == 0) | ((ended == 1) & (answers == eos))
         self.answer_ids = [row[k].tolist() for row, k in zip(answers, kept)]  # for RL: what was sampled
@@ -198,60 +244,61 @@ class Batch:
                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
 
-    def _close_holes(self, min_share: float = 0.8) -> None:
-        """Move each row's cached tokens together (right-aligned, order kept) once holes (skipped steps,
-        rolled-back tokens, rows gone) are over a fifth of the columns: attention reads every column at
-        every step, so one copy per turn buys back many reads. Positions come from the mask: unchanged."""
+    def _arrange(self, by_length, min_share: float = 0.8) -> None:
+        """Slot i takes row by_length[i]. Rows are moved (one gather of the cache) only when the order
+        changes, rows have left, or holes (skipped steps, rolled-back tokens) are over a fifth of the
+        columns; a gather also closes the holes: each row's cached tokens move together, right-aligned,
+        since attention reads every column at every step. Positions come from the mask: unchanged."""
         import torch
 
-        valid = self.mask.bool()
+        slots = self.slots[by_length]
+        valid = self.mask[slots].bool()
         width = int(valid.sum(1).max()) if valid.numel() else 0
-        if width >= min_share * valid.shape[1]:
-            return
-        index = torch.argsort(valid.long(), dim=1, stable=True)[:, valid.shape[1] - width :]
-        self.tokens, self.mask = self.tokens.gather(1, index), self.mask.gather(1, index)
-        for layer in self.cache.layers:
-            heads, dim = layer.keys.shape[1], layer.keys.shape[3]
-            columns = index[:, None, :, None].expand(-1, heads, -1, dim)
-            layer.replace(layer.keys.gather(2, columns), layer.values.gather(2, columns))
+        unmoved = len(slots) == len(self.order) and bool((slots == torch.arange(len(slots), device=self.device)).all())
+        if not unmoved or width < min_share * valid.shape[1]:
+            columns = torch.argsort(valid.long(), dim=1, stable=True)[:, valid.shape[1] - width :]
+            self.tokens, self.mask = self.tokens[slots].gather(1, columns), self.mask[slots].gather(1, columns)
+            if self.cache.layers:
+                self.cache.gather(slots, columns)
+        self.order = by_length
+        self.slots = torch.arange(len(slots), device=self.device)
 
-    def _take(self, leaving):
-        """Remove the `leaving` rows (a mask over the step batch) from the cache; return their layers'
-        key and value rows."""
-        taken = [(layer.keys[leaving], layer.values[leaving]) for layer in self.cache.layers]
-        self.cache.batch_select_indices((~leaving).nonzero().flatten())
-        return taken
+    def _park(self, done):
+        """Swap the step batch's finished slots past its live ones; return, for each live slot, the step
+        batch position its row came from."""
+        import torch
 
-    def _put_back(self, step_rows, parked, rows: int, columns: int) -> None:
-        """The parked rows back into the cache in batch order, zeros (masked holes) where they skipped."""
-        for i, layer in enumerate(self.cache.layers):
-            keys = layer.keys.new_zeros((rows, *layer.keys.shape[1:]))
-            values = layer.values.new_zeros((rows, *layer.values.shape[1:]))
-            keys[step_rows], values[step_rows] = layer.keys, layer.values
-            for batch_rows, taken, width in parked:
-                keys[batch_rows, :, :width], values[batch_rows, :, :width] = taken[i]
-            layer.replace(keys, values)
+        n = len(done)
+        live = n - int(done.sum())
+        leaving = done[:live].nonzero().flatten()  # finished, inside the new step batch
+        staying = (~done[live:]).nonzero().flatten() + live  # live, outside it
+        moved = torch.arange(live, device=self.device)
+        if len(leaving):
+            self.cache.swap(leaving, staying)
+            for mirror in (self.tokens, self.mask, self.position, self.order):
+                mirror[torch.cat([leaving, staying])] = mirror[torch.cat([staying, leaving])]
+            moved[leaving] = staying
+        return moved
 
-    def _reuse(self, row: int, ids: list[int]) -> list[int]:
-        """Mask out the row's cached tokens that diverge from `ids`; return the ids still to feed."""
-        columns = self.mask[row].nonzero().flatten()
-        cached = self.tokens[row, columns].tolist()
+    def _reuse(self, slot: int, ids: list[int]) -> list[int]:
+        """Mask out the slot's cached tokens that diverge from `ids`; return the ids still to feed."""
+        columns = self.mask[slot].nonzero().flatten()
+        cached = self.tokens[slot, columns].tolist()
         keep = 0
         for a, b in zip(cached, ids):
             if a != b:
                 break
             keep += 1
         keep = min(keep, len(ids) - 1)  # feed at least one token: its logits start the answer
-        self.mask[row, columns[keep:]] = 0
+        self.mask[slot, columns[keep:]] = 0
         return ids[keep:]
 
     def keep(self, rows: Sequence[int]) -> None:
-        """Drop every row not in `rows` (finished episodes leave the batch)."""
+        """Keep only the conversations `rows` (finished episodes leave the batch), renumbered in that
+        order; their slots are compacted at the next turn."""
         import torch
 
-        index = torch.tensor(list(rows), dtype=torch.long, device=self.device)
-        self.tokens, self.mask = self.tokens[index], self.mask[index]
-        self.cache.batch_select_indices(index)
+        self.slots = self.slots[torch.tensor(list(rows), dtype=torch.long, device=self.device)]
 
 
 def run_episodes(model, tokenizer, episodes: Sequence[Episode], verifier: Verifier, turns: int,
@@ -262,7 +309,8 @@ def run_episodes(model, tokenizer, episodes: Sequence[Episode], verifier: Verifi
     if decoding.do_sample:
         torch.manual_seed(decoding.seed)
     # Similar prompt lengths share a batch: less padding.
-    lengths = {e.id: len(encode(tokenizer, [{"role": "user", "content": e.prompt}])) for e in episodes}
+    first = encode_all(tokenizer, [[{"role": "user", "content": e.prompt}] for e in episodes])
+    lengths = {e.id: len(ids) for e, ids in zip(episodes, first)}
     order = sorted(episodes, key=lambda e: lengths[e.id])
     tries: dict[str, list] = {e.id: [] for e in episodes}
     for start in range(0, len(order), batch_size):
@@ -277,7 +325,7 @@ def _play(model, tokenizer, group: Sequence[Episode], verifier: Verifier, turns:
     chats = [[{"role": "user", "content": e.prompt}] for e in group]
     active = list(range(len(group)))
     for turn in range(1, turns + 1):
-        answers = batch.turn([encode(tokenizer, chats[i]) for i in active])
+        answers = batch.turn(encode_all(tokenizer, [chats[i] for i in active]))
         still = []
         for row, (i, answer) in enumerate(zip(active, answers)):
             verdict = verifier(answer, group[i].values)
