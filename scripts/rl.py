@@ -14,9 +14,8 @@ from rlheals.verify import Verifier
 
 cfg = json.loads(snakemake.params.cfg)
 algo, seed, settings = cfg["algo"], cfg["seed"], cfg["rl"]
-# A job given several GPUs runs this script again as one torchrun worker per GPU (TRL's trainers and the
-# control; the papers' PPO is written for one process), and is done when they are.
-if launch.run_as_workers(launch.workers(snakemake.resources) if algo != "ppo" else 1):
+# A job given several GPUs runs this script again as one torchrun worker per GPU, and is done when they are.
+if launch.run_as_workers(launch.workers(snakemake.resources)):
     raise SystemExit(0)
 log = runlog.setup(launch.log_path(snakemake.log[0]))
 threads = max(1, snakemake.threads // launch.world_size())

@@ -468,3 +468,21 @@ def test_sft_and_rl_killed_by_sigkill_resume_to_the_same_outputs(workflow):
         assert "resuming from" in (workflow.path / "logs" / "rl" / f"{run}.log").read_text(), run
     assert outputs_of(results) == clean
     assert not list((results / "work").iterdir())
+
+
+@pytest.mark.slow
+def test_ppo_on_two_workers_killed_after_an_update_resumes_to_the_same_model(workflow):
+    """PPO as two workers (`rl:gpu=2`), SIGKILLed after update 2, rerun: it resumes from update 1 with each
+    worker's own sampling state and ends byte-identical to an uninterrupted two-worker run."""
+    env = frozen_package(workflow)
+    target, two = "results/models/rl-ppo-6", ("--set-resources", "rl:gpu=2")
+    workflow.run(target, *two, env=env)
+    results = workflow.path / "results"
+    clean = sha256(results / "models" / "rl-ppo-6" / "model.safetensors")
+    for name in ("rl-ppo-6", "rl-ppo-6-u1"):
+        shutil.rmtree(results / "models" / name)
+    killed = workflow.run(target, *two, check=False, env={**env, "RLHEALS_FAULT_AFTER_STEP": "2"})
+    assert killed.returncode != 0 and list((results / "work").glob("rl-*/checkpoint-1"))
+    workflow.run(target, *two, env=env)
+    assert "resuming from" in (workflow.path / "logs" / "rl" / "ppo-6.log").read_text()
+    assert sha256(results / "models" / "rl-ppo-6" / "model.safetensors") == clean

@@ -63,18 +63,44 @@ def test_the_launcher_is_the_running_python(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_sft_and_grpo_jobs_given_two_gpus_train_as_two_workers(workflow):
+def test_sft_grpo_and_ppo_jobs_given_two_gpus_train_as_two_workers(workflow):
     """The real path of a multi-GPU job, on the CPU: `gpu=2` (what the SLURM profile asks for) makes the
-    SFT and GRPO jobs run themselves as two torchrun workers (gloo); one publishes, both log."""
+    SFT, GRPO and PPO jobs run themselves as two torchrun workers (gloo); one publishes, both log."""
     from rlheals import models
 
-    proc = workflow.run("results/models/rl-grpo-6", "--set-resources", "sft:gpu=2", "rl:gpu=2")
+    proc = workflow.run("results/models/rl-grpo-6", "results/models/rl-ppo-6", "--set-resources", "sft:gpu=2", "rl:gpu=2")
     launched = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if "launching 2 workers" in line]
-    assert len(launched) == 2 and any(".sft.py" in line for line in launched) and any(".rl.py" in line for line in launched)
+    assert len(launched) == 3 and any(".sft.py" in line for line in launched) and any(".rl.py" in line for line in launched)
     logs = workflow.path / "logs"
     assert "workers: 2; deepspeed enabled: False" in (logs / "sft.log").read_text()
     assert "workers: 2; deepspeed enabled: False" in (logs / "sft.log.rank1").read_text()
     assert "workers: 2" in (logs / "rl" / "grpo-6.log").read_text() and (logs / "rl" / "grpo-6.log.rank1").exists()
-    for model_id in ("sft-0", "sft-2", "sft-4", "sft-6", "rl-grpo-6", "rl-grpo-6-u1"):
+    ppo_log = (logs / "rl" / "ppo-6.log").read_text()
+    assert "update 2:" in ppo_log and "update 2:" not in (logs / "rl" / "ppo-6.log.rank1").read_text()  # main logs rows
+    for model_id in ("sft-0", "sft-2", "sft-4", "sft-6", "rl-grpo-6", "rl-grpo-6-u1", "rl-ppo-6", "rl-ppo-6-u1"):
         models.load_model(workflow.path / "results" / "models" / model_id)  # complete, checksums verified
     assert not list((workflow.path / "results").glob("**/*.tmp"))
+
+
+def test_two_ppo_workers_take_the_step_one_process_takes_on_all_the_tries(monkeypatch, tmp_path):
+    """Data-parallel PPO: two gloo workers, each with half of every minibatch (advantages normalised over
+    both, gradients summed, losses divided by the global token and try counts), end with the weights
+    and losses of one process that trained on all the tries."""
+    import torch
+
+    import ppo_worker
+
+    out = tmp_path / "weights.pt"
+    monkeypatch.setenv("PPO_WORKER_OUT", str(out))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert launch.run_as_workers(2, ppo_worker.__file__, log=lambda _: None)
+    two = torch.load(out)
+    trainer, steps = ppo_worker.trainer_and_steps()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    one = ppo_worker.train(trainer, steps)
+    assert torch.allclose(two.pop("stats"), torch.tensor(list(trainer.stats.values())), atol=1e-5)
+    assert one.keys() == two.keys()
+    assert all(torch.allclose(one[k], two[k], atol=1e-6) for k in one)
+    assert not torch.equal(one["lm_head.weight"], before["lm_head.weight"])
+    half = ppo_worker.train(*(lambda t, s: (t, s[::2]))(*ppo_worker.trainer_and_steps()))  # one worker's share alone
+    assert not all(torch.allclose(half[k], two[k], atol=1e-6) for k in half)

@@ -81,3 +81,45 @@ def init_single_process_distributed() -> None:
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": "29511"}.items():
         os.environ.setdefault(key, value)
+
+
+# Collectives for a training loop written here (the papers' PPO); the Trainers do their own. With one
+# worker each is a no-op, so a laptop run is the plain single-process loop.
+
+
+def device():
+    """The worker's device: its GPU (LOCAL_RANK) when there is one, else the CPU."""
+    import torch
+
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def join_workers() -> None:
+    """Join the job's other workers in one process group (NCCL on GPUs, gloo on the CPU)."""
+    import torch
+    import torch.distributed as dist
+
+    if world_size() > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(device())
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def all_reduce(tensor, op: str = "sum"):
+    """`tensor` summed (or maxed) over the workers, in place; returned."""
+    import torch.distributed as dist
+
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor
+
+
+def gather_objects(obj) -> list:
+    """Every worker's `obj`, in rank order."""
+    import torch.distributed as dist
+
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -6,16 +6,23 @@ the episode: its state is the conversation so far, its value V(s) is a small MLP
 token's hidden state, its reward the verifier's. Advantages are GAE over the tries (gamma, lambda), every
 token of a try shares its try's advantage; the losses are the clipped ratio and the clipped value loss,
 with no KL and no reference model unless `kl_coef` > 0. Rollouts reuse the evaluation engine (batched,
-KV cache across tries), sampling at `temperature`; log-probabilities use the same temperature."""
+KV cache across tries), sampling at `temperature`; log-probabilities use the same temperature.
+
+With several workers (a job given several GPUs, see launch.py) PPO is data-parallel: each worker plays
+its share of the update's episodes, advantages are normalised over all of them, and each minibatch's
+gradients are summed over the workers with every loss divided by the global token (or try) count, so
+the update is that of one process over all the episodes. Every worker keeps the whole model and
+optimizer (no ZeRO sharding)."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlheals import evaluate, models, runlog, sft
+from rlheals import evaluate, launch, models, runlog, sft
 from rlheals.verify import Verifier
 
 
@@ -46,25 +53,41 @@ def gae(rewards: Sequence[float], values: Sequence[float], gamma: float, lam: fl
     return advantages, [a + v for a, v in zip(advantages, values)]
 
 
-def policy_loss(logprobs, old_logprobs, advantages, mask, clip: float):
-    """PPO's clipped surrogate, averaged over answer tokens; also the share of tokens clipped."""
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip: float, n=None):
+    """PPO's clipped surrogate, averaged over answer tokens (summed and divided by `n`, the minibatch's
+    token count over all workers, when given); also the share of tokens clipped."""
     import torch
 
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * advantages
     loss = -torch.minimum(unclipped, clipped)
-    n = mask.sum().clamp(min=1)
+    n = mask.sum().clamp(min=1) if n is None else n
     clip_share = (((ratio - 1).abs() > clip).float() * mask).sum() / n
     return (loss * mask).sum() / n, clip_share
 
 
-def value_loss(values, old_values, returns, clip: float):
-    """The clipped value loss: 0.5 * max((V - R)^2, (V_old + clip(V - V_old) - R)^2), averaged."""
+def value_loss(values, old_values, returns, clip: float, n=None):
+    """The clipped value loss: 0.5 * max((V - R)^2, (V_old + clip(V - V_old) - R)^2), averaged (summed
+    and divided by `n`, the minibatch's tries over all workers, when given)."""
     import torch
 
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
-    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
+    loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return loss.mean() if n is None else loss.sum() / n
+
+
+def normalize_advantages(steps: Sequence[Step]) -> None:
+    """Advantages to zero mean and unit (sample) standard deviation over every worker's tries."""
+    import torch
+
+    a = torch.tensor([t.advantage for t in steps], dtype=torch.float64)
+    n, total, squares = launch.all_reduce(torch.stack([torch.tensor(float(len(a)), dtype=torch.float64), a.sum(), (a * a).sum()])).tolist()
+    if n > 1:
+        mean = total / n
+        std = math.sqrt(max(squares - n * mean * mean, 0.0) / (n - 1))
+        for step in steps:
+            step.advantage = (step.advantage - mean) / (std + 1e-8)
 
 
 def value_head(hidden_size: int):
@@ -79,21 +102,22 @@ def _forward(model, head, steps: Sequence[Step], temperature: float, pad: int):
 
     seqs = [s.prompt + s.answer for s in steps]
     width = max(map(len, seqs))
-    ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs])
-    attention = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs])
+    device = model.device
+    ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs], device=device)
+    attention = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device)
     out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True)
     logits = out.logits.float() / temperature
     longest = max(len(s.answer) for s in steps)
     # The answer's token j is predicted at position len(prompt) - 1 + j.
-    starts = torch.tensor([len(s.prompt) - 1 for s in steps])
-    positions = (starts[:, None] + torch.arange(longest)[None, :]).clamp(max=width - 2)
+    starts = torch.tensor([len(s.prompt) - 1 for s in steps], device=device)
+    positions = (starts[:, None] + torch.arange(longest, device=device)[None, :]).clamp(max=width - 2)
     targets = ids.gather(1, positions + 1)
     logprobs = torch.log_softmax(logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])), -1)
     logprobs = logprobs.gather(2, targets[..., None]).squeeze(-1)
-    mask = torch.tensor([[1.0] * len(s.answer) + [0.0] * (longest - len(s.answer)) for s in steps])
+    mask = torch.tensor([[1.0] * len(s.answer) + [0.0] * (longest - len(s.answer)) for s in steps], device=device)
     # The critic reads the policy's features but does not train them: the policy moves by the policy
     # gradient only (what the spectral analysis attributes to RL), the head by the value loss.
-    last_prompt = out.hidden_states[-1][torch.arange(len(steps)), starts].detach()
+    last_prompt = out.hidden_states[-1][torch.arange(len(steps), device=device), starts].detach()
     return logprobs, mask, head(last_prompt.float()).squeeze(-1)
 
 
@@ -133,7 +157,10 @@ class PPO:
         self.ppo = settings["ppo"]
         torch.manual_seed(seed)
         self.rng = random.Random(seed)
-        self.head = value_head(model.config.hidden_size)
+        self.head = value_head(model.config.hidden_size).to(model.device)
+        if launch.rank():  # the same value head everywhere, then each worker samples its own rollouts
+            torch.manual_seed(seed + launch.rank())
+        self.minibatch = launch.per_device_batch(self.ppo["minibatch"], 1, "rl.ppo.minibatch")
         self.optimizer = torch.optim.AdamW([
             {"params": [p for p in model.parameters() if p.requires_grad], "lr": settings["lr"]},
             {"params": list(self.head.parameters()), "lr": self.ppo["value_lr"]},
@@ -164,18 +191,19 @@ class PPO:
                 advantages, returns = gae([t.reward for t in episode], [t.value for t in episode], p["gamma"], p["lam"])
                 for step, a, r in zip(episode, advantages, returns):
                     step.advantage, step.ret = a, r
-        if p["normalize_advantages"] and len(steps) > 1:
-            a = torch.tensor([t.advantage for t in steps])
-            for step, z in zip(steps, ((a - a.mean()) / (a.std() + 1e-8)).tolist()):
-                step.advantage = z
+        if p["normalize_advantages"]:
+            normalize_advantages(steps)
         self.model.train()
         self.stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_share": 0.0}
         n = 0
         for _ in range(p["epochs"]):
             order = steps[:]
             self.rng.shuffle(order)
-            for chunk in _chunks(order, p["minibatch"]):
-                self._train_step(chunk)
+            chunks = list(_chunks(order, self.minibatch))
+            # Every worker takes as many optimizer steps (the one with more tries sets the count).
+            count = int(launch.all_reduce(torch.tensor(len(chunks)), op="max"))
+            for i in range(count):
+                self._train_step(chunks[i] if i < len(chunks) else [])
                 n += 1
         self.stats = {k: v / max(n, 1) for k, v in self.stats.items()}
         self.scheduler.step()
@@ -183,13 +211,16 @@ class PPO:
 
     def save(self, path: Path, update: int) -> None:
         """A resume checkpoint: the policy as a model directory plus ppo_state.pt (value head, optimizer,
-        scheduler, RNG states), written whole and atomically (models.write_model_dir)."""
+        scheduler, every worker's RNG states), written whole and atomically (models.write_model_dir) by
+        the main worker."""
         import torch
 
+        rngs = launch.gather_objects({"torch": torch.random.get_rng_state(), "shuffle": self.rng.getstate(),
+                                      "cuda": torch.cuda.get_rng_state(self.model.device) if self.model.device.type == "cuda" else None})
+        if not launch.is_main():
+            return
         state = {"update": update, "head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "torch_rng": torch.random.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                 "shuffle_rng": self.rng.getstate()}
+                 "scheduler": self.scheduler.state_dict(), "rng": rngs}
 
         def fill(tmp: Path) -> None:
             self.model.save_pretrained(tmp, safe_serialization=True)
@@ -207,44 +238,60 @@ class PPO:
         tied = set(getattr(self.model, "_tied_weights_keys", None) or ())  # not saved when tied
         if unexpected or set(missing) - (tied if self.model.config.tie_word_embeddings else set()):
             raise ValueError(f"{path}: weights do not fit the policy (missing {missing}, unexpected {unexpected})")
-        state = torch.load(path / STATE, weights_only=True)
+        state = torch.load(path / STATE, weights_only=True, map_location=self.model.device)
+        if len(state["rng"]) != launch.world_size():
+            raise ValueError(f"{path} was written by {len(state['rng'])} workers, this run has {launch.world_size()}: "
+                             "resume with the same number of GPUs, or delete the work directory to start over")
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.random.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        version, internal, gauss = state["shuffle_rng"]
+        rng = state["rng"][launch.rank()]
+        torch.random.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] is not None:
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.model.device)
+        version, internal, gauss = rng["shuffle"]
         self.rng.setstate((version, tuple(internal), gauss))
         return state["update"]
 
     def _train_step(self, chunk: Sequence[Step]) -> None:
         import torch
 
-        s, p = self.settings, self.ppo
-        logprobs, mask, values = _forward(self.model, self.head, chunk, s["temperature"], self.tokenizer.pad_token_id)
-        old = torch.zeros_like(logprobs)
-        for i, step in enumerate(chunk):
-            old[i, : len(step.old_logprobs)] = torch.tensor(step.old_logprobs)
-        advantages = torch.tensor([t.advantage for t in chunk])[:, None]
-        loss_pi, clip_share = policy_loss(logprobs, old, advantages, mask, p["clip"])
-        loss_v = value_loss(values, torch.tensor([t.value for t in chunk]), torch.tensor([t.ret for t in chunk]), p["value_clip"])
-        loss = loss_pi + p["value_coef"] * loss_v
-        if self.reference is not None:
-            with torch.no_grad():
-                ref, _, _ = _forward(self.reference, self.head, chunk, s["temperature"], self.tokenizer.pad_token_id)
-            log_ratio = ref - logprobs  # k3 estimator of KL(policy || reference), per token
-            kl = ((torch.exp(log_ratio) - log_ratio - 1) * mask).sum() / mask.sum().clamp(min=1)
-            loss = loss + s["kl_coef"] * kl
+        s, p, device = self.settings, self.ppo, self.model.device
         self.optimizer.zero_grad()
-        loss.backward()
+        n_tokens = sum(len(t.answer) for t in chunk)
+        n_tokens, n_tries = launch.all_reduce(torch.tensor([float(n_tokens), float(len(chunk))], device=device)).clamp(min=1)
+        losses = torch.zeros(3, device=device)  # policy, value, clip share: this worker's part of the minibatch's
+        if chunk:  # a worker with fewer tries than another may have none left: it still joins the sums
+            logprobs, mask, values = _forward(self.model, self.head, chunk, s["temperature"], self.tokenizer.pad_token_id)
+            old = torch.zeros_like(logprobs)
+            for i, step in enumerate(chunk):
+                old[i, : len(step.old_logprobs)] = torch.tensor(step.old_logprobs)
+            advantages = torch.tensor([t.advantage for t in chunk], device=device)[:, None]
+            loss_pi, clip_share = policy_loss(logprobs, old, advantages, mask, p["clip"], n=n_tokens)
+            loss_v = value_loss(values, torch.tensor([t.value for t in chunk], device=device),
+                                torch.tensor([t.ret for t in chunk], device=device), p["value_clip"], n=n_tries)
+            loss = loss_pi + p["value_coef"] * loss_v
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref, _, _ = _forward(self.reference, self.head, chunk, s["temperature"], self.tokenizer.pad_token_id)
+                log_ratio = ref - logprobs  # k3 estimator of KL(policy || reference), per token
+                loss = loss + s["kl_coef"] * ((torch.exp(log_ratio) - log_ratio - 1) * mask).sum() / n_tokens
+            loss.backward()
+            losses = torch.stack([loss_pi, loss_v, clip_share]).detach()
+        if launch.world_size() > 1:
+            for param in [*self.model.parameters(), *self.head.parameters()]:
+                if param.requires_grad:
+                    if param.grad is None:
+                        param.grad = torch.zeros_like(param)
+                    launch.all_reduce(param.grad)
+        loss_pi, loss_v, clip_share = launch.all_reduce(losses).tolist()
         # Clipped apart: one joint norm would let the critic's error shrink the policy's step.
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), s["max_grad_norm"])
         torch.nn.utils.clip_grad_norm_(self.head.parameters(), s["max_grad_norm"])
         self.optimizer.step()
-        self.stats["policy_loss"] += loss_pi.item()
-        self.stats["value_loss"] += loss_v.item()
-        self.stats["clip_share"] += clip_share.item()
+        self.stats["policy_loss"] += loss_pi
+        self.stats["value_loss"] += loss_v
+        self.stats["clip_share"] += clip_share
 
 
 STATE = "ppo_state.pt"  # a checkpoint's training state (sft.TRAINING_STATE keeps it out of published models)
@@ -272,36 +319,47 @@ def run(start: Path, rows: Sequence[Mapping], rules, fmt: str, settings: Mapping
             return run(start, rows, rules, fmt, settings, verifier, probe, outputs, seed, threads, log, Path(tmp))
 
     torch.set_num_threads(threads)
+    launch.join_workers()
     rl.seed_everything(seed)
-    model = models.load_model(start, dtype=torch.float32)
+    model = models.load_model(start, dtype=torch.float32).to(launch.device())
     tokenizer = models.load_tokenizer(start)
+    main = launch.is_main()
     trainer = PPO(model, tokenizer, settings, verifier, seed)
     per_update, samples, updates = settings["prompts_per_update"], settings["num_generations"], settings["updates"]
+    if per_update * samples < launch.world_size():
+        raise ValueError(f"config keys rl.prompts_per_update x rl.num_generations: {per_update * samples} episodes per "
+                         f"update do not give each of {launch.world_size()} workers one")
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     work.mkdir(parents=True, exist_ok=True)
     resume = sft.last_checkpoint(work)
-    sft.republish(outputs, work)
+    if main:
+        sft.republish(outputs, work)
     if resume:
         log(f"resuming from {resume}")
         done, log_rows = trainer.load(resume), rl.load_rows(work, sft.step_of(resume))
     else:
-        done, log_rows = 0, [{"update": 0, **probe(model, tokenizer)}]
-        rl.save_rows(work, log_rows)
+        done, log_rows = 0, [{"update": 0, **probe(model, tokenizer)}] if main else []
+        if main:
+            rl.save_rows(work, log_rows)
     every = sft.checkpoint_every(updates)
     for update in range(done + 1, updates + 1):
         # As GRPO: `prompts_per_update` hands, each played `num_generations` times.
         hands = [rows[order[((update - 1) * per_update + i) % len(order)]] for i in range(per_update)]
         picked = [hand for hand in hands for _ in range(samples)]
-        steps = trainer.update(evaluate.episodes_from_rows(picked, rules, fmt))
-        row = {"update": update, **rl.verdict_summary([(t.category, t.reward) for t in steps]), **trainer.stats}
-        if update % settings["probe"]["every"] == 0 or update == updates:
-            row.update(probe(model, tokenizer))
-        log_rows.append(row)
-        rl.save_rows(work, log_rows)
-        log(f"update {update}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if k != "update"))
+        mine = picked[launch.rank() :: launch.world_size()]  # each worker plays its share
+        steps = trainer.update(evaluate.episodes_from_rows(mine, rules, fmt))
+        scored = [pair for share in launch.gather_objects([(t.category, t.reward) for t in steps]) for pair in share]
+        if main:
+            row = {"update": update, **rl.verdict_summary(scored), **trainer.stats}
+            if update % settings["probe"]["every"] == 0 or update == updates:
+                row.update(probe(model, tokenizer))
+            log_rows.append(row)
+            rl.save_rows(work, log_rows)
+            log(f"update {update}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if k != "update"))
         runlog.fault_point(update)
         if update in outputs or update % every == 0:
             trainer.save(work / f"checkpoint-{update}", update)
-            sft.after_checkpoint(work, update, outputs, log)
+            if main:
+                sft.after_checkpoint(work, update, outputs, log)
     return log_rows
