@@ -121,7 +121,7 @@ def rl_slice(run):
     skip = {"algos", "from_steps", "seeds", "control"}
     if algo != "ppo":
         skip |= {"ppo", "verify_turns"}
-    if algo not in ("grpo", "rloo"):
+    if algo == "sft_continue":  # the control trains as SFT does: sft.deepspeed
         skip |= {"deepspeed"}
     if algo == "sft_continue":
         skip |= {

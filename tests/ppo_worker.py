@@ -9,15 +9,17 @@ from rlheals import models, ppo, pretrain
 from rlheals.verify import Verifier
 
 
-def trainer_and_steps():
-    """A tiny policy, its PPO trainer and 24 tries of made-up prompts, answers, values and advantages."""
+def trainer_and_steps(deepspeed=None):
+    """A tiny policy, its PPO trainer (the policy under DeepSpeed when named) and 24 tries of made-up
+    prompts, answers, values and advantages."""
     tokenizer = models.build_tokenizer(pretrain.vocabulary(24))
     model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
                                                 "num_heads": 2, "num_kv_heads": 1, "max_positions": 128}, seed=3)
     settings = {"lr": 1e-3, "lr_scheduler": "constant", "updates": 4, "kl_coef": 0.0, "max_grad_norm": 1.0,
                 "temperature": 1.0, "verify_turns": 2, "max_new_tokens": 8,
                 "ppo": {"epochs": 1, "minibatch": 8, "clip": 0.2, "value_clip": 0.2, "value_coef": 0.5, "value_lr": 1e-3,
-                        "gamma": 1.0, "lam": 0.95, "normalize_advantages": True}}
+                        "gamma": 1.0, "lam": 0.95, "normalize_advantages": True},
+                "deepspeed": deepspeed, "bf16": False}
     trainer = ppo.PPO(model, tokenizer, settings, Verifier(), seed=0)
     g = torch.Generator().manual_seed(7)
     steps = []
@@ -44,7 +46,7 @@ if __name__ == "__main__":
     from rlheals import launch
 
     launch.join_workers()
-    trainer, steps = trainer_and_steps()
+    trainer, steps = trainer_and_steps(os.environ.get("PPO_WORKER_DEEPSPEED"))
     rank, world = launch.rank(), launch.world_size()
     # Worker r takes tries r, r + world, ...: its share of each minibatch of 8 is 8 / world tries.
     weights = train(trainer, steps[rank::world])

@@ -471,18 +471,25 @@ def test_sft_and_rl_killed_by_sigkill_resume_to_the_same_outputs(workflow):
 
 
 @pytest.mark.slow
-def test_ppo_on_two_workers_killed_after_an_update_resumes_to_the_same_model(workflow):
-    """PPO as two workers (`rl:gpu=2`), SIGKILLed after update 2, rerun: it resumes from update 1 with each
-    worker's own sampling state and ends byte-identical to an uninterrupted two-worker run."""
-    env = frozen_package(workflow)
+@pytest.mark.parametrize("deepspeed", [False, True])
+def test_ppo_on_two_workers_killed_after_an_update_resumes_to_the_same_model(workflow, deepspeed):
+    """PPO as two workers (`rl:gpu=2`; with `rl.deepspeed: zero2`, their optimizer shards saved beside the
+    checkpoint), SIGKILLed after update 2, rerun: it resumes from update 1 with each worker's own
+    sampling state and ends byte-identical to an uninterrupted two-worker run."""
+    env = {**frozen_package(workflow), "DS_ACCELERATOR": "cpu"}
+    smoke = (workflow.path / "config" / "smoke.yaml").read_text()
+    config = workflow.write_config("ppo2.yaml", smoke.replace("rl:\n", "rl:\n  deepspeed: zero2\n", 1) if deepspeed else smoke)
     target, two = "results/models/rl-ppo-6", ("--set-resources", "rl:gpu=2")
-    workflow.run(target, *two, env=env)
+    workflow.run(target, *two, env=env, configfile=config)
     results = workflow.path / "results"
     clean = sha256(results / "models" / "rl-ppo-6" / "model.safetensors")
     for name in ("rl-ppo-6", "rl-ppo-6-u1"):
         shutil.rmtree(results / "models" / name)
-    killed = workflow.run(target, *two, check=False, env={**env, "RLHEALS_FAULT_AFTER_STEP": "2"})
-    assert killed.returncode != 0 and list((results / "work").glob("rl-*/checkpoint-1"))
-    workflow.run(target, *two, env=env)
-    assert "resuming from" in (workflow.path / "logs" / "rl" / "ppo-6.log").read_text()
+    killed = workflow.run(target, *two, check=False, env={**env, "RLHEALS_FAULT_AFTER_STEP": "2"}, configfile=config)
+    checkpoints = list((results / "work").glob("rl-*/checkpoint-1"))
+    assert killed.returncode != 0 and checkpoints
+    assert list(checkpoints[0].glob("deepspeed/**/*optim_states.pt")) if deepspeed else not (checkpoints[0] / "deepspeed").exists()
+    workflow.run(target, *two, env=env, configfile=config)
+    log = (workflow.path / "logs" / "rl" / "ppo-6.log").read_text()
+    assert "resuming from" in log and ("workers: 2; deepspeed: enabled (zero2)" if deepspeed else "workers: 2; deepspeed: no") in log
     assert sha256(results / "models" / "rl-ppo-6" / "model.safetensors") == clean

@@ -82,16 +82,21 @@ def test_sft_grpo_and_ppo_jobs_given_two_gpus_train_as_two_workers(workflow):
     assert not list((workflow.path / "results").glob("**/*.tmp"))
 
 
-def test_two_ppo_workers_take_the_step_one_process_takes_on_all_the_tries(monkeypatch, tmp_path):
+@pytest.mark.parametrize("deepspeed", [None, pytest.param("zero2", marks=pytest.mark.slow)])
+def test_two_ppo_workers_take_the_step_one_process_takes_on_all_the_tries(monkeypatch, tmp_path, deepspeed):
     """Data-parallel PPO: two gloo workers, each with half of every minibatch (advantages normalised over
     both, gradients summed, losses divided by the global token and try counts), end with the weights
-    and losses of one process that trained on all the tries."""
+    and losses of one process that trained on all the tries; also when DeepSpeed ZeRO-2 shards the
+    policy's gradients and Adam states over them."""
     import torch
 
     import ppo_worker
 
     out = tmp_path / "weights.pt"
     monkeypatch.setenv("PPO_WORKER_OUT", str(out))
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    if deepspeed:
+        monkeypatch.setenv("PPO_WORKER_DEEPSPEED", deepspeed)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert launch.run_as_workers(2, ppo_worker.__file__, log=lambda _: None)
     two = torch.load(out)

@@ -75,6 +75,25 @@ def deepspeed_config(name: str | None) -> str | None:
     return str(Path(DEEPSPEED_CONFIGS[name]).resolve())
 
 
+def deepspeed_settings(name: str, micro_batch: int, max_grad_norm: float, bf16: bool) -> dict:
+    """A DeepSpeed config file as a dict for a training loop written here (the Trainer fills the "auto"
+    values itself): this loop's batch, clipping and precision; no optimizer or scheduler (the loop passes
+    its own optimizer and steps its schedule per update); every other "auto" left to DeepSpeed."""
+    import json
+
+    def fill(node):
+        return {k: fill(v) for k, v in node.items() if v != "auto"} if isinstance(node, dict) else node
+
+    settings = json.loads(Path(deepspeed_config(name)).read_text())
+    for section in ("optimizer", "scheduler"):
+        settings.pop(section, None)
+    settings = fill(settings)
+    settings.update({"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
+                     "train_batch_size": micro_batch * world_size(), "gradient_clipping": max_grad_norm,
+                     "bf16": {"enabled": bf16}, "fp16": {"enabled": False}})
+    return settings
+
+
 def init_single_process_distributed() -> None:
     """DeepSpeed outside a launcher looks for MPI; a single process needs these set (STACK.md, pitfall 6).
     Under torchrun they are already set and left alone."""

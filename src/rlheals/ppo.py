@@ -11,8 +11,9 @@ KV cache across tries), sampling at `temperature`; log-probabilities use the sam
 With several workers (a job given several GPUs, see launch.py) PPO is data-parallel: each worker plays
 its share of the update's episodes, advantages are normalised over all of them, and each minibatch's
 gradients are summed over the workers with every loss divided by the global token (or try) count, so
-the update is that of one process over all the episodes. Every worker keeps the whole model and
-optimizer (no ZeRO sharding)."""
+the update is that of one process over all the episodes. Every worker keeps the whole model; with
+`rl.deepspeed: zero2` DeepSpeed shards the policy's gradients and Adam states over the workers (and
+trains it in bf16 on GPUs), which a 7B model's full-parameter PPO needs to fit."""
 
 from __future__ import annotations
 
@@ -161,17 +162,21 @@ class PPO:
         if launch.rank():  # the same value head everywhere, then each worker samples its own rollouts
             torch.manual_seed(seed + launch.rank())
         self.minibatch = launch.per_device_batch(self.ppo["minibatch"], 1, "rl.ppo.minibatch")
-        self.optimizer = torch.optim.AdamW([
-            {"params": [p for p in model.parameters() if p.requires_grad], "lr": settings["lr"]},
-            {"params": list(self.head.parameters()), "lr": self.ppo["value_lr"]},
-        ], weight_decay=0.0)
-        self.scheduler = get_scheduler(settings["lr_scheduler"], self.optimizer, num_warmup_steps=0,
-                                       num_training_steps=settings["updates"])
         self.reference = None
         if settings["kl_coef"] > 0:  # a frozen copy of the starting policy
             import copy
 
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings["lr"], weight_decay=0.0)
+        self.head_optimizer = torch.optim.AdamW(self.head.parameters(), lr=self.ppo["value_lr"], weight_decay=0.0)
+        # The schedules set the learning rate in the optimizers' parameter groups, which DeepSpeed's
+        # optimizer keeps using when it wraps the policy's.
+        self.schedulers = [get_scheduler(settings["lr_scheduler"], optimizer, num_warmup_steps=0,
+                                         num_training_steps=settings["updates"])
+                           for optimizer in (self.optimizer, self.head_optimizer)]
+        self.engine = None  # DeepSpeed's, when it trains the policy
+        if settings.get("deepspeed"):
+            self.engine, self.optimizer = sharded(model, self.optimizer, settings, self.minibatch)
 
     def update(self, episodes: Sequence[evaluate.Episode]) -> list[Step]:
         """Roll out `episodes`, then `epochs` passes of minibatch PPO over their tries."""
@@ -206,7 +211,8 @@ class PPO:
                 self._train_step(chunks[i] if i < len(chunks) else [])
                 n += 1
         self.stats = {k: v / max(n, 1) for k, v in self.stats.items()}
-        self.scheduler.step()
+        for scheduler in self.schedulers:
+            scheduler.step()
         return steps
 
     def save(self, path: Path, update: int) -> None:
@@ -217,17 +223,23 @@ class PPO:
 
         rngs = launch.gather_objects({"torch": torch.random.get_rng_state(), "shuffle": self.rng.getstate(),
                                       "cuda": torch.cuda.get_rng_state(self.model.device) if self.model.device.type == "cuda" else None})
-        if not launch.is_main():
-            return
-        state = {"update": update, "head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng": rngs}
+        if launch.is_main():
+            state = {"update": update, "head": self.head.state_dict(), "head_optimizer": self.head_optimizer.state_dict(),
+                     "optimizer": None if self.engine else self.optimizer.state_dict(),
+                     "schedulers": [s.state_dict() for s in self.schedulers], "rng": rngs}
 
-        def fill(tmp: Path) -> None:
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
-            torch.save(state, tmp / STATE)
+            def fill(tmp: Path) -> None:
+                self.model.save_pretrained(tmp, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
+                torch.save(state, tmp / STATE)
 
-        models.write_model_dir(path, fill)
+            models.write_model_dir(path, fill)
+        if self.engine:  # each worker's shard of the optimizer, beside the model directory's files
+            import torch.distributed as dist
+
+            dist.barrier()
+            self.engine.save_checkpoint(path / DEEPSPEED, tag=DEEPSPEED, save_latest=False)
+            dist.barrier()
 
     def load(self, path: Path) -> int:
         """Everything `save` wrote, back into this trainer (checksums verified); returns the update."""
@@ -243,8 +255,14 @@ class PPO:
             raise ValueError(f"{path} was written by {len(state['rng'])} workers, this run has {launch.world_size()}: "
                              "resume with the same number of GPUs, or delete the work directory to start over")
         self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.head_optimizer.load_state_dict(state["head_optimizer"])
+        if self.engine:
+            self.engine.load_checkpoint(path / DEEPSPEED, tag=DEEPSPEED, load_optimizer_states=True,
+                                        load_lr_scheduler_states=False)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        for scheduler, saved in zip(self.schedulers, state["schedulers"]):
+            scheduler.load_state_dict(saved)
         rng = state["rng"][launch.rank()]
         torch.random.set_rng_state(rng["torch"].cpu())
         if rng["cuda"] is not None:
@@ -257,7 +275,9 @@ class PPO:
         import torch
 
         s, p, device = self.settings, self.ppo, self.model.device
-        self.optimizer.zero_grad()
+        self.head_optimizer.zero_grad()
+        if not self.engine:
+            self.optimizer.zero_grad()
         n_tokens = sum(len(t.answer) for t in chunk)
         n_tokens, n_tries = launch.all_reduce(torch.tensor([float(n_tokens), float(len(chunk))], device=device)).clamp(min=1)
         losses = torch.zeros(3, device=device)  # policy, value, clip share: this worker's part of the minibatch's
@@ -276,25 +296,50 @@ class PPO:
                     ref, _, _ = _forward(self.reference, self.head, chunk, s["temperature"], self.tokenizer.pad_token_id)
                 log_ratio = ref - logprobs  # k3 estimator of KL(policy || reference), per token
                 loss = loss + s["kl_coef"] * ((torch.exp(log_ratio) - log_ratio - 1) * mask).sum() / n_tokens
-            loss.backward()
             losses = torch.stack([loss_pi, loss_v, clip_share]).detach()
+        else:  # zero gradients through every weight: DeepSpeed reduces them as they come, on every worker
+            loss = sum((param * 0).sum() for param in [*self.model.parameters(), *self.head.parameters()] if param.requires_grad)
+        # Each worker's loss is its share of the minibatch's: summed over workers it is the minibatch's.
+        # DeepSpeed averages gradients over workers, and so does the sync below: hence the factor.
+        loss = loss * launch.world_size()
+        self.engine.backward(loss) if self.engine else loss.backward()
+        synced = [*self.head.parameters(), *([] if self.engine else self.model.parameters())]
         if launch.world_size() > 1:
-            for param in [*self.model.parameters(), *self.head.parameters()]:
+            for param in synced:
                 if param.requires_grad:
-                    if param.grad is None:
-                        param.grad = torch.zeros_like(param)
-                    launch.all_reduce(param.grad)
+                    launch.all_reduce(param.grad).div_(launch.world_size())
         loss_pi, loss_v, clip_share = launch.all_reduce(losses).tolist()
-        # Clipped apart: one joint norm would let the critic's error shrink the policy's step.
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), s["max_grad_norm"])
+        # Clipped apart: one joint norm would let the critic's error shrink the policy's step (DeepSpeed
+        # clips the policy by rl.max_grad_norm itself).
         torch.nn.utils.clip_grad_norm_(self.head.parameters(), s["max_grad_norm"])
-        self.optimizer.step()
+        self.head_optimizer.step()
+        if self.engine:
+            self.engine.step()
+        else:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s["max_grad_norm"])
+            self.optimizer.step()
         self.stats["policy_loss"] += loss_pi
         self.stats["value_loss"] += loss_v
         self.stats["clip_share"] += clip_share
 
 
 STATE = "ppo_state.pt"  # a checkpoint's training state (sft.TRAINING_STATE keeps it out of published models)
+DEEPSPEED = "deepspeed"  # a checkpoint's subdirectory of DeepSpeed's optimizer shards
+
+
+def sharded(model, optimizer, settings: Mapping, micro_batch: int):
+    """The policy and its optimizer under DeepSpeed (`rl.deepspeed`): ZeRO-2 shards the gradients and
+    Adam states over the workers; bf16 on GPUs when `rl.bf16`. Returns the engine and its optimizer."""
+    import deepspeed
+    import torch
+
+    if settings["deepspeed"] != "zero2":
+        raise ValueError(f"config key rl.deepspeed: ppo takes zero2, not {settings['deepspeed']}: zero3 shards the "
+                         "weights, which every rollout needs whole on each worker")
+    config = launch.deepspeed_settings("zero2", micro_batch, settings["max_grad_norm"], settings["bf16"] and torch.cuda.is_available())
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine, optimizer
 
 
 def _chunks(items: Sequence, size: int):
@@ -325,6 +370,7 @@ def run(start: Path, rows: Sequence[Mapping], rules, fmt: str, settings: Mapping
     tokenizer = models.load_tokenizer(start)
     main = launch.is_main()
     trainer = PPO(model, tokenizer, settings, verifier, seed)
+    log(f"workers: {launch.world_size()}; deepspeed: {'enabled (' + settings['deepspeed'] + ')' if trainer.engine else 'no'}")
     per_update, samples, updates = settings["prompts_per_update"], settings["num_generations"], settings["updates"]
     if per_update * samples < launch.world_size():
         raise ValueError(f"config keys rl.prompts_per_update x rl.num_generations: {per_update * samples} episodes per "
