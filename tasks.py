@@ -26,7 +26,7 @@ def run(*cmd) -> None:
 
 def ensure_venv(dev: bool) -> None:
     reqs = ROOT / ("requirements-dev.txt" if dev else "requirements.txt")
-    files = [ROOT / "requirements.txt", reqs, ROOT / "pyproject.toml"]
+    files = [ROOT / "requirements.txt", ROOT / "requirements-analysis.txt", reqs, ROOT / "pyproject.toml"]
     stamp_text = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
     stamp = VENV / f".installed-{'dev' if dev else 'run'}"
     if stamp.exists() and stamp.read_text() == stamp_text:
