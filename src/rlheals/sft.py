@@ -187,8 +187,9 @@ def checkpoints_callback(max_steps: int, work: Path, outputs: Mapping[int, Path]
         def on_train_begin(self, args, state, control, **kwargs):
             resumed = work / f"checkpoint-{state.global_step}" / RESUME
             saved = json.loads(resumed.read_text()) if state.global_step and resumed.exists() else {}
-            if "tr_loss" in saved and hasattr(self.trainer, "_tr_loss"):
-                self.trainer._tr_loss = torch.tensor(saved["tr_loss"], dtype=self.trainer._tr_loss.dtype,
+            if "tr_loss" in saved and hasattr(self.trainer, "_tr_loss"):  # this worker's own sum
+                mine = saved["tr_loss"][launch.rank()] if isinstance(saved["tr_loss"], list) else saved["tr_loss"]
+                self.trainer._tr_loss = torch.tensor(mine, dtype=self.trainer._tr_loss.dtype,
                                                      device=self.trainer._tr_loss.device)
                 self.trainer._globalstep_last_logged = saved["last_logged"]
 
@@ -199,12 +200,12 @@ def checkpoints_callback(max_steps: int, work: Path, outputs: Mapping[int, Path]
             return control
 
         def on_save(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero:  # one process publishes (several train under DeepSpeed)
-                return
             kept = {}
-            if hasattr(self.trainer, "_tr_loss"):  # transformers' private logging state (5.x)
-                kept = {"tr_loss": float(self.trainer._tr_loss), "last_logged": self.trainer._globalstep_last_logged}
-            after_checkpoint(work, state.global_step, outputs, log, kept)
+            if hasattr(self.trainer, "_tr_loss"):  # transformers' private logging state (5.x), every worker's
+                kept = {"tr_loss": launch.gather_objects(float(self.trainer._tr_loss)),
+                        "last_logged": self.trainer._globalstep_last_logged}
+            if state.is_world_process_zero:  # one process publishes (several train)
+                after_checkpoint(work, state.global_step, outputs, log, kept)
 
     return Checkpoints()
 
