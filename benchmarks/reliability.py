@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-PARTS = ("Snakefile", "rules", "scripts", "config", "envs", "requirements.txt")
+PARTS = ("Snakefile", "rules", "scripts", "config", "envs", "requirements.txt", "requirements-analysis.txt")
 TARGET = "results/tables/rl_log.parquet"
 ALGOS = ("grpo-6", "ppo-6", "sft_continue-6")
 BAD_CONFIGS = {  # appended to the smoke config -> what the rejection must say
