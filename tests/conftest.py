@@ -13,9 +13,9 @@ WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "config", "envs", "slurm", "r
 class Workflow:
     """A copy of the workflow in a temporary directory, run with the smoke config."""
 
-    def __init__(self, path: Path, copy: bool = True):
+    def __init__(self, path: Path):
         self.path = path
-        for part in WORKFLOW_PARTS if copy else ():
+        for part in WORKFLOW_PARTS:
             src = ROOT / part
             (shutil.copytree if src.is_dir() else shutil.copy)(src, path / part)
 
@@ -44,22 +44,3 @@ class Workflow:
 @pytest.fixture
 def workflow(tmp_path) -> Workflow:
     return Workflow(tmp_path)
-
-
-@pytest.fixture(scope="session")
-def smoke_study(tmp_path_factory) -> Path:
-    """The whole smoke study, run once per test session (about 3 minutes on 2 cores)."""
-    study = Workflow(tmp_path_factory.mktemp("smoke-study"))
-    study.run()
-    return study.path
-
-
-@pytest.fixture
-def studied_workflow(smoke_study, tmp_path) -> Workflow:
-    """A copy of the smoke study after a complete run: outputs with their times and snakemake's metadata,
-    so it is as complete as the original (a dry run schedules nothing); the test may change it freely."""
-    path = tmp_path / "study"
-    transient = {"locks", "incomplete", "scripts"}  # snakemake's own, of the run that made the original
-    shutil.copytree(smoke_study, path, symlinks=True,
-                    ignore=lambda folder, names: transient & set(names) if Path(folder).name == ".snakemake" else ())
-    return Workflow(path, copy=False)

@@ -60,8 +60,8 @@ def test_generation_is_deterministic_and_seeded():
     assert data.make_split("id_test", GAME, other) != data.make_split("id_test", GAME, DATA)
 
 
-def test_workflow_data_rule(studied_workflow):
-    workflow = studied_workflow  # the whole smoke study, run once per session
+def test_workflow_data_rule(workflow):
+    workflow.run()
     out = workflow.path / "results" / "data"
     first = {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS}
     manifest = json.loads((out / "manifest.json").read_text())

@@ -46,8 +46,8 @@ def models_of(root: Path) -> dict[str, str]:
     return {p.name: sha256(p / "model.safetensors") for p in sorted(root.glob("sft-*"))}
 
 
-def test_sft_workflow_checkpoints_losses_and_determinism(studied_workflow):
-    workflow = studied_workflow  # the whole smoke study, run once per session
+def test_sft_workflow_checkpoints_losses_and_determinism(workflow):
+    workflow.run()
     root = workflow.path / "results" / "models"
     first = models_of(root)
     assert set(first) == {"sft-0", "sft-2", "sft-4", "sft-6"}
