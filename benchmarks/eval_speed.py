@@ -34,15 +34,6 @@ def startup_seconds(model_dir: str) -> tuple[float, bool]:
     return float(out[0]), out[1] == "True"
 
 
-def forget_solutions() -> None:
-    """Empty the solver's caches, so that each way pays the verifier's full cost (the first run would
-    otherwise fill them for the second)."""
-    from rlheals import cards
-
-    for cached in (cards._formulas, cards._solutions, cards._reachable, cards._can_reach):
-        cached.cache_clear()
-
-
 def packed_forward_seconds(model, tokenizer, episodes, rows, verifier) -> tuple[float, int]:
     """Seconds for one forward pass over every token of every episode's final conversation (prompt,
     answers, feedback turns), packed into rows of 256 tokens: a lower bound for any engine."""
@@ -69,7 +60,7 @@ def main() -> int:
     import torch
     import yaml
 
-    from rlheals import data, evaluate, models
+    from rlheals import cards, data, evaluate, models
     from rlheals.verify import Verifier
 
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -95,11 +86,11 @@ def main() -> int:
     # Both ways in one process with the same attention settings (the engine switches grouped-query
     # attention into torch's kernel on the CPU; set here so the order of the runs does not matter).
     os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
-    forget_solutions()
+    cards.forget_solutions()  # each way pays the verifier's solving in full
     t = time.perf_counter()
     ours = evaluate.run_episodes(model, tokenizer, episodes, verifier, args.turns, decoding, batch_size=256)
     t_ours = time.perf_counter() - t
-    forget_solutions()
+    cards.forget_solutions()  # each way pays the verifier's solving in full
     t = time.perf_counter()
     theirs = evaluate.run_episodes_one_at_a_time(model, tokenizer, episodes, verifier, args.turns, decoding)
     t_theirs = time.perf_counter() - t

@@ -107,5 +107,6 @@ def test_two_ppo_workers_take_the_step_one_process_takes_on_all_the_tries(monkey
     assert one.keys() == two.keys()
     assert all(torch.allclose(one[k], two[k], atol=1e-6) for k in one)
     assert not torch.equal(one["lm_head.weight"], before["lm_head.weight"])
-    half = ppo_worker.train(*(lambda t, s: (t, s[::2]))(*ppo_worker.trainer_and_steps()))  # one worker's share alone
+    trainer, steps = ppo_worker.trainer_and_steps()
+    half = ppo_worker.train(trainer, steps[::2])  # one worker's share alone
     assert not all(torch.allclose(half[k], two[k], atol=1e-6) for k in half)

@@ -194,6 +194,12 @@ def _reachable(values: tuple[Fraction, ...]) -> frozenset[Fraction]:
     return frozenset(out)
 
 
+def forget_solutions() -> None:
+    """Empty the solver's caches (a benchmark compares two runs that must each pay for solving)."""
+    for cached in (_formulas, _solutions, _reachable, _can_reach):
+        cached.cache_clear()
+
+
 def can_reach(values: Iterable[int | Fraction], target: int | Fraction = 24) -> bool:
     """Whether some formula over `values` (each once) equals `target` (fast: no formulas are built)."""
     return _can_reach(tuple(sorted(Fraction(v) for v in values)), Fraction(target))
