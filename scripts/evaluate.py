@@ -28,7 +28,8 @@ verifier = Verifier(cfg["game"]["target"], fmt, cfg["verify"]["strict_format"], 
 decoding = evaluate.Decoding(settings["do_sample"], settings["temperature"], settings["top_p"], settings["seed"],
                              settings["max_new_tokens"])
 results = evaluate.run_episodes(model, tokenizer, evaluate.episodes_from_rows(rows, rules, fmt), verifier,
-                                settings["verify_turns"], decoding, settings["batch_size"], log=log.info)
+                                settings["verify_turns"], decoding, settings["batch_size"], log=log.info,
+                                workers=snakemake.threads)
 table = pl.DataFrame(results).with_columns(pl.lit(model_id).alias("model_id"))
 runlog.write_atomic(snakemake.output[0], table.write_parquet)
 log.info("%s: %s (%.1f s)", model_id, evaluate.summarize(results), time.time() - start)

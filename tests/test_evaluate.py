@@ -1,5 +1,6 @@
 import collections
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,47 @@ def test_cached_batches_match_one_episode_at_a_time(setting):
     reference = evaluate.run_episodes_one_at_a_time(model, tokenizer, episodes, verifier, turns=3, decoding=decoding)
     assert batched == reference
     assert all(r["tries"] == 3 for r in batched)  # nothing solved: every try went through the cache
+
+
+def test_forked_workers_share_the_episodes_and_answer_as_one_process(setting, monkeypatch, tmp_path):
+    """Episodes shared out over forked worker processes give the same rows, in the same order, as one
+    process; the parent gets its thread count back; a worker's error or death comes back as an error
+    naming it."""
+    tokenizer, episodes = setting
+    model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                                                "num_heads": 2, "num_kv_heads": 1, "max_positions": 512}, seed=2)
+    decoding, verifier, parent = evaluate.Decoding(max_new_tokens=8), Verifier(), os.getpid()
+    monkeypatch.setattr(evaluate, "MIN_SHARE", 1)
+    calls = tmp_path / "pids"
+
+    def verify_and_record(answer, values):  # appends survive the fork; list appends would not
+        with calls.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        return verifier(answer, values)
+
+    one = evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=3, decoding=decoding, batch_size=5)
+    threads = torch.get_num_threads()
+    shared = evaluate.run_episodes(model, tokenizer, episodes, verify_and_record, turns=3, decoding=decoding,
+                                   batch_size=5, workers=3)
+    assert shared == one
+    assert len(set(calls.read_text().split())) == 3 and str(parent) in calls.read_text().split()
+    assert torch.get_num_threads() == threads
+
+    def fail_in_a_child(answer, values):
+        if os.getpid() != parent:
+            raise ValueError("bad hand in a worker")
+        return verifier(answer, values)
+
+    with pytest.raises(RuntimeError, match="(?s)evaluation worker .* failed.*ValueError: bad hand in a worker"):
+        evaluate.run_episodes(model, tokenizer, episodes, fail_in_a_child, turns=1, decoding=decoding, workers=2)
+
+    def die_in_a_child(answer, values):
+        if os.getpid() != parent:
+            os._exit(3)
+        return verifier(answer, values)
+
+    with pytest.raises(RuntimeError, match=r"evaluation worker \d+ died \(exit code 3\)"):
+        evaluate.run_episodes(model, tokenizer, episodes, die_in_a_child, turns=1, decoding=decoding, workers=2)
 
 
 def test_rows_that_end_early_leave_the_step_batch_and_feedback_turns_are_fed_in_bands(setting, monkeypatch):

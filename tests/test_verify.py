@@ -182,3 +182,20 @@ def test_solutions_verify_and_perturbations_do_not(hand, data):
     # Dropping a step from the compact target is never correct.
     steps = cards.compact_target(ranks, rule, 24, solution).split(" ; ")
     assert not compact(" ; ".join(steps[:-2]), values).correct
+
+
+def test_prefix_check_agrees_with_searching_every_written_solution():
+    """The prefix check skips the search when the prefix already wrote a number the cards do not give
+    (or one too often); it must still agree with searching every written solution, including prefixes
+    that end inside a number ("1" of "12") and prefixes of real solutions."""
+    rng = random.Random(0)
+    verifier = Verifier()
+    for _ in range(60):
+        values = [rng.randint(1, 13) for _ in range(4)]
+        written = cards.solve(values, 24, canonical=False)
+        prefixes = [s[: rng.randint(1, len(s))] for s in rng.sample(written, min(3, len(written)))]
+        prefixes += [f"{rng.randint(1, 14)}{rng.choice('+-*/')}", f"({rng.randint(1, 14)}*{rng.randint(1, 14)}-",
+                     f"{values[0]}+{values[0]}*", str(rng.randint(1, 13))]
+        for prefix in prefixes:
+            assert verifier._is_prefix_of_solution(" ".join(prefix), values) == any(
+                s.startswith(prefix) for s in written), (prefix, values)

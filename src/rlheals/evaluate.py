@@ -3,9 +3,10 @@ episodes advancing together in batches.
 
 An episode is one test hand: the model answers; if the verifier rejects the answer, its feedback ("You
 failed this trial because ...") becomes the next user turn, up to `turns` tries. A batch of episodes is
-played turn by turn through transformers' `generate` (left padding, each row stopping at its end-of-turn
+played turn by turn through the model's forward (left padding, each row stopping at its end-of-turn
 token) with one KV cache kept across turns: a new turn feeds only the tokens the cache does not hold yet
-(the feedback turn), and a solved episode leaves the batch and its cache rows."""
+(the feedback turn), and a solved episode leaves the batch and its cache rows. On the CPU the episodes
+can be shared out over forked worker processes, each playing its own batches."""
 
 from __future__ import annotations
 
@@ -85,10 +86,11 @@ def encode_all(tokenizer, conversations: Sequence[list[dict]]) -> list[list[int]
 
 def row_cache(rows: int):
     """A transformers DynamicCache for `rows` conversations. Each layer keeps every row's keys and values
-    in one zero-filled storage with spare columns, and a forward over b rows reads and writes the first b
-    rows only: a row leaves a forward by being swapped past b (two rows copied, not the cache), and a
-    decode step writes its column in place instead of concatenating (copying) the whole cache. Columns
-    a row did not write stay zero, finite under the mask that hides them."""
+    in one storage with spare columns, and a forward over b rows reads and writes the first b rows only:
+    a row leaves a forward by being swapped past b (two rows copied, not the cache), a decode step
+    writes its column in place instead of concatenating (copying) the whole cache, and rows that leave
+    for good are dropped by moving the others to the front in place. Columns a row did not write hold
+    zeros or old keys and values: finite, under the mask that hides them."""
     import torch
     from transformers import DynamicCache
     from transformers.cache_utils import Cache, DynamicLayer
@@ -101,7 +103,8 @@ def row_cache(rows: int):
                 self.replace(key_states.new_zeros(shape), value_states.new_zeros(shape))
             b, used, new = key_states.shape[0], self.columns, key_states.shape[2]
             if used + new > self._keys.shape[2]:  # grow by half again (and at least 64 columns)
-                self.replace(self._keys[:, :, :used], self._values[:, :, :used], spare=max(64, used // 2 + new))
+                kept = self.rows_kept
+                self.replace(self._keys[:kept, :, :used], self._values[:kept, :, :used], spare=max(64, used // 2 + new))
             self._keys[:b, :, used : used + new], self._values[:b, :, used : used + new] = key_states, value_states
             self.columns = used + new
             self.keys, self.values = self._keys[:b, :, : self.columns], self._values[:b, :, : self.columns]
@@ -110,9 +113,15 @@ def row_cache(rows: int):
         def replace(self, keys, values, spare: int = 64) -> None:
             """Hold `keys`/`values` (rows, heads, columns, dim), zeros in `spare` columns after them."""
             n, heads, columns, dim = keys.shape
-            self._keys, self._values = keys.new_zeros((n, heads, columns + spare, dim)), values.new_zeros((n, heads, columns + spare, dim))
-            self._keys[:, :, :columns], self._values[:, :, :columns] = keys, values
-            self.columns = columns
+            self._keys, self._values = (store.new_empty((n, heads, columns + spare, dim)) for store in (keys, values))
+            for store, held in ((self._keys, keys), (self._values, values)):
+                store[:, :, :columns] = held
+                store[:, :, columns:] = 0
+            self.hold(columns)
+
+        def hold(self, columns: int, rows_kept: int | None = None) -> None:
+            """Use the first `columns` of the storage (and its first `rows_kept` rows from now on)."""
+            self.columns, self.rows_kept = columns, rows_kept or self._keys.shape[0]
             self.keys, self.values = self._keys[:, :, :columns], self._values[:, :, :columns]
 
     class RowCache(DynamicCache):
@@ -127,14 +136,18 @@ def row_cache(rows: int):
                     store[both, :, : layer.columns] = store[other, :, : layer.columns]
 
         def gather(self, rows, columns) -> None:
-            """Keep the storage rows `rows`, in that order, each with its `columns` (rows, width)."""
-            for layer in self.layers:
-                heads, capacity, dim = layer._keys.shape[1:]
-                flat = (rows[:, None, None] * heads + torch.arange(heads, device=rows.device)[:, None]) * capacity
-                flat = (flat + columns[:, None, :]).flatten()
-                keys, values = (store.view(-1, dim).index_select(0, flat).view(len(rows), heads, -1, dim)
-                                for store in (layer._keys, layer._values))
-                layer.replace(keys, values)
+            """Keep the storage rows `rows`, in that order, each with its `columns` (rows, width), moved
+            to the front of the storage in place: no new storage, and what stays behind it is old but
+            finite (never read before it is written)."""
+            with torch.inference_mode():  # the storage is an inference tensor
+                for layer in self.layers:
+                    heads, capacity, dim = layer._keys.shape[1:]
+                    flat = (rows[:, None, None] * heads + torch.arange(heads, device=rows.device)[:, None]) * capacity
+                    flat = (flat + columns[:, None, :]).flatten()
+                    for store in (layer._keys, layer._values):
+                        moved = store.view(-1, dim).index_select(0, flat)
+                        store[: len(rows), :, : columns.shape[1]] = moved.view(len(rows), heads, -1, dim)
+                    layer.hold(columns.shape[1], len(rows))
 
     return RowCache()
 
@@ -302,30 +315,107 @@ class Batch:
 
 
 def run_episodes(model, tokenizer, episodes: Sequence[Episode], verifier: Verifier, turns: int,
-                 decoding: Decoding = Decoding(), batch_size: int = 256, log=None) -> list[dict]:
-    """Play every episode to the end; one result row per episode, in the order given."""
+                 decoding: Decoding = Decoding(), batch_size: int = 256, log=None, workers: int = 1) -> list[dict]:
+    """Play every episode to the end; one result row per episode, in the order given.
+
+    `workers` > 1, for a model on the CPU under greedy decoding: the episodes are shared out over that many
+    processes (this one and forked copies), one thread each. A model this small spends much of each step
+    in Python and in per-operator overhead that intra-op threads do not share out; processes do. Greedy
+    answers do not depend on the batching, so the results are the same for any number of workers.
+    Sampled decoding stays in one process: its draws depend on the batching, and must not depend on the
+    machine's core count."""
     import torch
 
     if decoding.do_sample:
         torch.manual_seed(decoding.seed)
     # Similar prompt lengths share a batch: less padding.
     first = encode_all(tokenizer, [[{"role": "user", "content": e.prompt}] for e in episodes])
-    lengths = {e.id: len(ids) for e, ids in zip(episodes, first)}
-    order = sorted(episodes, key=lambda e: lengths[e.id])
-    tries: dict[str, list] = {e.id: [] for e in episodes}
-    for start in range(0, len(order), batch_size):
-        _play(model, tokenizer, order[start : start + batch_size], verifier, turns, decoding, tries, log)
+    prompts = {e.id: ids for e, ids in zip(episodes, first)}
+    order = sorted(episodes, key=lambda e: len(prompts[e.id]))
+    if decoding.do_sample or model.device.type != "cpu" or not _can_fork():
+        workers = 1
+    workers = max(1, min(workers, len(order) // MIN_SHARE))
+
+    def play(share: Sequence[Episode]) -> dict[str, list]:
+        tries: dict[str, list] = {e.id: [] for e in share}
+        for start in range(0, len(share), batch_size):
+            _play(model, tokenizer, share[start : start + batch_size], prompts, verifier, turns, decoding, tries, log)
+        return tries
+
+    if workers == 1:
+        tries = play(order)
+    else:
+        tries = {k: v for part in _forked_map(play, [order[w::workers] for w in range(workers)]) for k, v in part.items()}
     return [_row(e, tries[e.id]) for e in episodes]
 
 
-def _play(model, tokenizer, group: Sequence[Episode], verifier: Verifier, turns: int, decoding: Decoding,
-          tries: dict[str, list], log) -> None:
-    """One batch of episodes through all its turns; a solved episode leaves the batch."""
+# Fewer episodes than this per worker and batching gains more than a second process does.
+MIN_SHARE = 32
+
+
+def _can_fork() -> bool:
+    """Forking a process that imported torch is safe on Linux; macOS (Objective-C runtime) and Windows
+    do not have a safe fork, and there the episodes stay in one process."""
+    import multiprocessing
+    import sys
+
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _forked_map(fn, items: Sequence) -> list:
+    """[fn(item) for item in items], the first in this process and each other in a forked copy of it,
+    all at once with one torch thread each (a forked child must not use the parent's OpenMP pool). A
+    child's error is raised here with its traceback; a child that dies is reported with its exit code."""
+    import multiprocessing
+    import traceback
+
+    import torch
+
+    def child(item, pipe) -> None:
+        torch.set_num_threads(1)
+        try:
+            pipe.send((True, fn(item)))
+        except BaseException:  # noqa: BLE001 - everything goes back to the parent
+            pipe.send((False, traceback.format_exc()))
+        pipe.close()
+
+    ctx = multiprocessing.get_context("fork")
+    started = []
+    for item in items[1:]:
+        reader, writer = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=child, args=(item, writer), daemon=True)
+        process.start()
+        writer.close()
+        started.append((process, reader))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = [fn(items[0])]
+    finally:
+        torch.set_num_threads(threads)
+    for process, reader in started:
+        try:
+            ok, value = reader.recv()
+        except EOFError:
+            process.join()
+            raise RuntimeError(f"evaluation worker {process.pid} died (exit code {process.exitcode})") from None
+        process.join()
+        if not ok:
+            raise RuntimeError(f"evaluation worker {process.pid} failed:\n{value}")
+        results.append(value)
+    return results
+
+
+def _play(model, tokenizer, group: Sequence[Episode], prompts: Mapping[str, list[int]], verifier: Verifier,
+          turns: int, decoding: Decoding, tries: dict[str, list], log) -> None:
+    """One batch of episodes through all its turns (the first from the encoded `prompts`); a solved
+    episode leaves the batch."""
     batch = Batch(model, tokenizer, decoding)
     chats = [[{"role": "user", "content": e.prompt}] for e in group]
     active = list(range(len(group)))
     for turn in range(1, turns + 1):
-        answers = batch.turn(encode_all(tokenizer, [chats[i] for i in active]))
+        ids = [prompts[e.id] for e in group] if turn == 1 else encode_all(tokenizer, [chats[i] for i in active])
+        answers = batch.turn(ids)
         still = []
         for row, (i, answer) in enumerate(zip(active, answers)):
             verdict = verifier(answer, group[i].values)

@@ -189,6 +189,11 @@ class Verifier:
         compact = "".join(text.split())
         if not compact:
             return False
+        # A solution's numbers are the cards' values, each used once: a prefix that already wrote another
+        # number (or one too often) starts none, and needs no search. (Its last number may go on: "1" of "12".)
+        written = Counter(Fraction(int(n)) for n in re.findall(r"\d+(?=\D)", compact))
+        if written - Counter(Fraction(v) for v in values):
+            return False
         return any(s.startswith(compact) for s in cards.solve(values, self.target, canonical=False))
 
     def _check_steps(self, steps: Sequence[str], values: Sequence[int]) -> Verdict:
