@@ -61,7 +61,10 @@ def test_generation_is_deterministic_and_seeded():
 
 
 def test_workflow_data_rule(workflow):
-    workflow.run()
+    """The data rules alone: split counts, no test hand in training, a completed run schedules nothing,
+    and the same seed from scratch gives byte-identical splits. (What a data change reruns downstream is
+    checked on the whole smoke study, in test_sft.)"""
+    workflow.run("results/data/manifest.json")
     out = workflow.path / "results" / "data"
     first = {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS}
     manifest = json.loads((out / "manifest.json").read_text())
@@ -73,23 +76,23 @@ def test_workflow_data_rule(workflow):
     rows = {s: data.read_jsonl(out / f"{s}.jsonl") for s in SPLITS}
     train = set().union(*(keys(rows[s]) for s in TRAIN_SPLITS))
     assert not train & set().union(*(keys(rows[s]) for s in TEST_SPLITS))
+    assert workflow.dry_run_jobs("results/data/manifest.json") == {}
 
-    # A completed run schedules nothing.
-    assert workflow.dry_run_jobs() == {}
+    # Same seed from scratch: byte-identical splits.
+    shutil.rmtree(workflow.path / "results")
+    workflow.run("results/data/manifest.json")
+    assert {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS} == first
 
 
-    # A changed data setting reruns only the data job it touches and what depends on it: here SFT, the RL
-    # runs from its checkpoints and the evaluation of every model after SFT,
-    # never the other splits, the pretraining corpus or the base model.
-    changed = workflow.write_config(
-        "changed.yaml",
-        (workflow.path / "config" / "smoke.yaml").read_text().replace("size: 200", "size: 201"),
-    )
+def data_setting_changes(workflow) -> None:
+    """On a completed smoke study: a changed data setting reruns only the data job it touches and what
+    depends on it (here SFT, the RL runs from its checkpoints and the evaluation of every model after SFT),
+    never the other splits, the pretraining corpus or the base model; reordering keys reruns nothing."""
+    smoke = (workflow.path / "config" / "smoke.yaml").read_text()
+    changed = workflow.write_config("changed.yaml", smoke.replace("size: 200", "size: 201"))
     assert workflow.dry_run_jobs(configfile=changed) == {
         "data_split": 1, "data_manifest": 1, "sft": 1, **AFTER_SFT,
     }
-    # Reordering keys reruns nothing.
-    smoke = (workflow.path / "config" / "smoke.yaml").read_text()
     data_block = smoke[smoke.index("data:"): smoke.index("model:")]
     reordered_block = (
         "data:\n  splits:\n"
@@ -98,11 +101,6 @@ def test_workflow_data_rule(workflow):
     )
     reordered = workflow.write_config("reordered.yaml", smoke.replace(data_block, reordered_block))
     assert workflow.dry_run_jobs(configfile=reordered) == {}
-
-    # Same seed from scratch: byte-identical splits.
-    shutil.rmtree(workflow.path / "results")
-    workflow.run("results/data/manifest.json")
-    assert {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS} == first
 
 
 def test_editing_a_package_module_reruns_the_rules_that_use_it(workflow):

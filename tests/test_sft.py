@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlheals import models, pretrain, sft
-from test_data import AFTER_SFT, FIGURES
+from test_data import AFTER_SFT, FIGURES, data_setting_changes
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2, "max_positions": 128}
 
@@ -46,7 +46,9 @@ def models_of(root: Path) -> dict[str, str]:
     return {p.name: sha256(p / "model.safetensors") for p in sorted(root.glob("sft-*"))}
 
 
-def test_sft_workflow_checkpoints_losses_and_determinism(workflow):
+def test_smoke_study_end_to_end_reruns_and_determinism(workflow):
+    """The whole smoke study once: SFT checkpoints and losses, every analysis stage, the report; then what
+    a changed setting reruns (style, SFT, data), and the same config from scratch gives identical models."""
     workflow.run()
     root = workflow.path / "results" / "models"
     first = models_of(root)
@@ -93,6 +95,8 @@ def test_sft_workflow_checkpoints_losses_and_determinism(workflow):
         "lr.yaml", (workflow.path / "config" / "smoke.yaml").read_text() + "  lr: 1.0e-3\n"
     )
     assert workflow.dry_run_jobs(configfile=changed) == {"sft": 1, **AFTER_SFT}
+    assert workflow.dry_run_jobs() == {}  # a completed run schedules nothing
+    data_setting_changes(workflow)
 
     # Same config and seed again, from scratch: identical weights, base included.
     base_sha = sha256(root / "base" / "model.safetensors")
