@@ -38,7 +38,8 @@ class ScriptedModel(torch.nn.Module):
         ids = input_ids.float()[:, None, :, None]
         history = past_key_values.update(ids, ids, 0)[0][:, 0, :, 0].long()
         logits = torch.full((len(history), len(self.tokenizer)), -1.0)
-        for row, (tokens, mask) in enumerate(zip(history, attention_mask.bool())):
+        masks = attention_mask.bool().flatten(1)  # a decode step's mask comes as (rows, 1, 1, columns)
+        for row, (tokens, mask) in enumerate(zip(history, masks)):
             seen = tokens[mask].tolist()
             turn_start = len(seen) - seen[::-1].index(self.assistant)
             text = self.tokenizer.decode(seen[:turn_start], skip_special_tokens=True)

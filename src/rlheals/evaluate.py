@@ -130,10 +130,12 @@ def row_cache(rows: int):
 
         def swap(self, a, b) -> None:
             """Exchange the storage rows `a` and `b` (index tensors of one length)."""
-            both, other = torch.cat([a, b]), torch.cat([b, a])
             for layer in self.layers:
                 for store in (layer._keys, layer._values):
-                    store[both, :, : layer.columns] = store[other, :, : layer.columns]
+                    used = store[:, :, : layer.columns]
+                    held = used.index_select(0, a)
+                    used.index_copy_(0, a, used.index_select(0, b))
+                    used.index_copy_(0, b, held)
 
         def gather(self, rows, columns) -> None:
             """Keep the storage rows `rows`, in that order, each with its `columns` (rows, width), moved
@@ -253,6 +255,10 @@ class Batch:
         return [text.strip() for text in self.tokenizer.batch_decode(self.answer_ids, skip_special_tokens=True)]
 
     def _forward(self, input_ids, attention_mask, position_ids):
+        if input_ids.shape[1] == 1:
+            # A decode step's mask is the padding mask itself, (rows, 1, 1, columns): handed over as such,
+            # transformers uses it as it is instead of building it again at every step.
+            attention_mask = attention_mask[:, None, None, :].bool()
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
@@ -366,6 +372,7 @@ def _forked_map(fn, items: Sequence) -> list:
     """[fn(item) for item in items], the first in this process and each other in a forked copy of it,
     all at once with one torch thread each (a forked child must not use the parent's OpenMP pool). A
     child's error is raised here with its traceback; a child that dies is reported with its exit code."""
+    import gc
     import multiprocessing
     import traceback
 
@@ -381,12 +388,14 @@ def _forked_map(fn, items: Sequence) -> list:
 
     ctx = multiprocessing.get_context("fork")
     started = []
+    gc.freeze()  # the collector must not visit (and so copy) every page the children share with this process
     for item in items[1:]:
         reader, writer = ctx.Pipe(duplex=False)
         process = ctx.Process(target=child, args=(item, writer), daemon=True)
         process.start()
         writer.close()
         started.append((process, reader))
+    gc.unfreeze()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
