@@ -142,21 +142,29 @@ def rotation_heatmap(summary: pl.DataFrame, title: str, metric: str = "u_angle_m
 
 
 def restoration(table: pl.DataFrame) -> alt.HConcatChart:
-    """OOD recovery fraction of each edit: SVD edits vs the restored share (directions vs vectors),
-    layer resets vs the layer share, and every edit as a bar (the reverse edit included)."""
+    """OOD accuracy of each edited model between its two ends, B and T (dashed rules): SVD edits vs the
+    restored share (directions vs vectors), layer resets vs the layer share, and every edit's gain over T
+    in points (the reverse edit included). Accuracy, with the recovery fraction in the tooltips: the
+    fraction is undefined when B and T score the same, as they can in a small study."""
     ood = table.filter(pl.col("rule") == "ood").with_columns(
-        pl.when(pl.col("kind") == "layers").then(pl.col("layers")).otherwise(pl.col("top") + pl.col("tail")).alias("share"))
+        pl.when(pl.col("kind") == "layers").then(pl.col("layers")).otherwise(pl.col("top") + pl.col("tail")).alias("share"),
+        ((pl.col("acc_edit") - pl.col("acc_target")) * 100).alias("gain"))
     forward = ood.filter(~pl.col("target").str.starts_with("rl-"))  # the reverse edit is a bar only
+    tips = ["edit", "base", "target", "acc_edit", "acc_base", "acc_target", "recovery"]
+    accuracy = alt.Y("acc_edit:Q", title="OOD accuracy", axis=alt.Axis(format="%"))
+    ends = pl.DataFrame([{"end": f"{end} ({row[name]})", "accuracy": row[f"acc_{name}"]}
+                         for row in forward.head(1).iter_rows(named=True) for end, name in (("B", "base"), ("T", "target"))])
+    rules = alt.Chart(ends).mark_rule(color="gray").encode(
+        alt.Y("accuracy:Q"), alt.StrokeDash("end:N", title="ends"), tooltip=["end", "accuracy"])
     svd = alt.Chart(forward.filter(pl.col("kind") != "layers", pl.col("tail") == 0).sort("share")).mark_line(point=True).encode(
-        alt.X("share:Q", title="top share of the rank restored"), alt.Y("recovery:Q", title="OOD recovery fraction"),
-        alt.Color("kind:N"), tooltip=["edit", "recovery"]).properties(width=240, height=HEIGHT, title="Top-k directions / vectors")
+        alt.X("share:Q", title="top share of the rank restored"), accuracy, alt.Color("kind:N"), tooltip=tips)
     layers = alt.Chart(forward.filter(pl.col("kind") == "layers", pl.col("share").is_not_null()).sort("share")).mark_line(point=True).encode(
-        alt.X("share:Q", title="share of layers reset to B"), alt.Y("recovery:Q"), tooltip=["edit", "recovery"]
-    ).properties(width=200, height=HEIGHT, title="Layer reset")
-    bars = alt.Chart(ood).mark_bar().encode(alt.X("recovery:Q", title="OOD recovery fraction"), alt.Y("edit:N", sort="-x"),
-                                            alt.Color("kind:N"), tooltip=["edit", "base", "target", "acc_edit", "recovery"]
+        alt.X("share:Q", title="share of layers reset to B"), accuracy, alt.Color("kind:N"), tooltip=tips)
+    bars = alt.Chart(ood).mark_bar().encode(alt.X("gain:Q", title="OOD accuracy over T (points)"), alt.Y("edit:N", sort="-x"),
+                                            alt.Color("kind:N"), tooltip=tips
                                             ).properties(width=240, height=HEIGHT, title="Every edit")
-    return alt.hconcat(svd, layers, bars)
+    return alt.hconcat((svd + rules).properties(width=240, height=HEIGHT, title="Top-k directions / vectors"),
+                       (layers + rules).properties(width=200, height=HEIGHT, title="Layer reset"), bars)
 
 
 def update_norms(summary: pl.DataFrame) -> alt.Chart:
