@@ -120,3 +120,15 @@ def test_report_and_every_figure_render_offline_in_chromium(workflow, tmp_path):
         share = drawn_share(screenshot(page, tmp_path / f"{page.stem}.png"))
         assert share > 0.003, f"{page.name} renders blank offline ({share:.4f} of the pixels drawn)"
     assert drawn_share(screenshot(workflow.path / "report.html", tmp_path / "report.png")) > 0.003
+
+
+def test_restoration_finding_says_when_the_recovery_fraction_is_undefined():
+    def table(acc_base):
+        return pl.DataFrame([{"edit": "dirs_top20", "kind": "directions", "base": "sft-200", "target": "sft-600",
+                              "top": 0.2, "tail": 0.0, "layers": None, "rule": "ood", "acc_edit": 0.05,
+                              "acc_base": acc_base, "acc_target": 0.03,
+                              "recovery": float("nan") if acc_base == 0.03 else (0.05 - 0.03) / (acc_base - 0.03)}])
+    tie, = findings.restoration_findings(table(0.03), 500)
+    assert tie["uncertainty"] == "undefined: B and T have the same OOD accuracy" and tie["reproduced"] is None
+    gap, = findings.restoration_findings(table(0.07), 500)
+    assert gap["value"] == pytest.approx(0.5) and gap["uncertainty"].endswith("(1 s.e., binomial)")

@@ -129,7 +129,8 @@ def restoration_findings(table: pl.DataFrame, n_episodes: int) -> list[dict]:
         se = recovery_se(r["acc_edit"], r["acc_base"], r["acc_target"], n_episodes)
         rows.append(_row("4", f"Restoring the {label} of {r['base']} into {r['target']} recovers OOD accuracy",
                          "OOD recovery fraction (acc_edit - acc_T) / (acc_B - acc_T)", r["recovery"],
-                         f"+-{se:.2f} (1 s.e., binomial)", paper,
+                         f"+-{se:.2f} (1 s.e., binomial)" if not math.isnan(se)
+                         else "undefined: B and T have the same OOD accuracy", paper,
                          None if math.isnan(r["recovery"]) else r["recovery"] - 2 * se > 0 and r["recovery"] >= 0.5,
                          f"edit {r['edit']}: {_pct(r['acc_edit'])} between T {_pct(r['acc_target'])} and B {_pct(r['acc_base'])}; "
                          "criterion: at least 0.5 and above 0 by 2 s.e."))
