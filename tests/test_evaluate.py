@@ -1,9 +1,11 @@
 import collections
 import hashlib
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
+import time
 import types
 
 import polars as pl
@@ -149,13 +151,21 @@ def test_forked_workers_share_the_episodes_and_answer_as_one_process(setting, mo
     with pytest.raises(RuntimeError, match="(?s)evaluation worker .* failed.*ValueError: bad hand in a worker"):
         evaluate.run_episodes(model, tokenizer, episodes, fail_in_a_child, turns=1, decoding=decoding, workers=2)
 
-    def die_in_a_child(answer, values):
+    def one_child_dies_the_others_hang(answer, values):
         if os.getpid() != parent:
-            os._exit(3)
+            try:
+                (tmp_path / "died").open("x").close()
+                os._exit(3)
+            except FileExistsError:
+                time.sleep(600)
         return verifier(answer, values)
 
+    start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"evaluation worker \d+ died \(exit code 3\)"):
-        evaluate.run_episodes(model, tokenizer, episodes, die_in_a_child, turns=1, decoding=decoding, workers=2)
+        evaluate.run_episodes(model, tokenizer, episodes, one_child_dies_the_others_hang, turns=1,
+                              decoding=decoding, workers=3)
+    assert time.monotonic() - start < 300  # liveness, not speed: the death is seen without waiting out the hang
+    assert not multiprocessing.active_children()  # and the hanging worker was stopped
 
 
 def test_rows_that_end_early_leave_the_step_batch_and_feedback_turns_are_fed_in_bands(setting, monkeypatch):

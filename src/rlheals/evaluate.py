@@ -121,7 +121,7 @@ def row_cache(rows: int):
 
         def hold(self, columns: int, rows_kept: int | None = None) -> None:
             """Use the first `columns` of the storage (and its first `rows_kept` rows from now on)."""
-            self.columns, self.rows_kept = columns, rows_kept or self._keys.shape[0]
+            self.columns, self.rows_kept = columns, self._keys.shape[0] if rows_kept is None else rows_kept
             self.keys, self.values = self._keys[:, :, :columns], self._values[:, :, :columns]
 
     class RowCache(DynamicCache):
@@ -355,7 +355,8 @@ def run_episodes(model, tokenizer, episodes: Sequence[Episode], verifier: Verifi
     return [_row(e, tries[e.id]) for e in episodes]
 
 
-# Fewer episodes than this per worker and batching gains more than a second process does.
+# The fewest episodes worth a worker of their own (a judgement, not a measurement): below it, one more
+# process gains less than the larger batches it breaks up.
 MIN_SHARE = 32
 
 
@@ -374,6 +375,7 @@ def _forked_map(fn, items: Sequence) -> list:
     child's error is raised here with its traceback; a child that dies is reported with its exit code."""
     import gc
     import multiprocessing
+    import multiprocessing.connection
     import traceback
 
     import torch
@@ -399,20 +401,27 @@ def _forked_map(fn, items: Sequence) -> list:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        results = [fn(items[0])]
+        mine, done, pending = fn(items[0]), {}, {reader: process for process, reader in started}
+        while pending:  # whichever worker ends first, so a failed one is seen at once
+            for reader in multiprocessing.connection.wait(list(pending)):
+                process = pending.pop(reader)
+                try:
+                    ok, value = reader.recv()
+                except EOFError:
+                    process.join()
+                    raise RuntimeError(f"evaluation worker {process.pid} died (exit code {process.exitcode})") from None
+                if not ok:
+                    raise RuntimeError(f"evaluation worker {process.pid} failed:\n{value}")
+                done[process] = value
+        return [mine, *(done[process] for process, _ in started)]
+    except BaseException:
+        for process, _ in started:  # an error here or in one worker stops the others
+            process.terminate()
+        raise
     finally:
         torch.set_num_threads(threads)
-    for process, reader in started:
-        try:
-            ok, value = reader.recv()
-        except EOFError:
+        for process, _ in started:
             process.join()
-            raise RuntimeError(f"evaluation worker {process.pid} died (exit code {process.exitcode})") from None
-        process.join()
-        if not ok:
-            raise RuntimeError(f"evaluation worker {process.pid} failed:\n{value}")
-        results.append(value)
-    return results
 
 
 def _play(model, tokenizer, group: Sequence[Episode], prompts: Mapping[str, list[int]], verifier: Verifier,
