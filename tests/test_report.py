@@ -70,20 +70,21 @@ def test_figures_render_offline_to_svg(tmp_path):
 
 def test_restoration_figure_draws_every_edit_when_the_recovery_fraction_is_undefined(tmp_path):
     """B and T with the same OOD accuracy leave the recovery fraction undefined (NaN): the figure plots
-    accuracy against B and T instead, so every edit is still drawn (it used to be blank panels)."""
-    def row(edit, kind, top=0.0, tail=0.0, layers=None, target="sft-600", acc=0.04):
-        return {"edit": edit, "kind": kind, "base": "sft-200", "target": target, "top": top, "tail": tail,
-                "layers": layers, "layer_range": None, "rule": "ood", "acc_edit": acc, "acc_base": 0.034,
-                "acc_target": 0.034, "recovery": float("nan")}
+    accuracy against B and T instead, so every edit is still drawn (it used to be blank panels), with a
+    rule for every B and T the edits use."""
+    def row(edit, kind, top=0.0, tail=0.0, layers=None, base="sft-200", target="sft-600", acc=0.04):
+        return {"edit": edit, "kind": kind, "base": base, "target": target, "top": top, "tail": tail,
+                "layers": layers, "layer_range": None, "rule": "ood", "acc_edit": acc,
+                "acc_base": 0.05 if base == "sft-100" else 0.034, "acc_target": 0.034, "recovery": float("nan")}
     table = pl.DataFrame([row("dirs_top20", "directions", top=0.2), row("dirs_top50", "directions", top=0.5, acc=0.03),
                           row("vals_top20", "vectors", top=0.2), row("dirs_tail20", "directions", tail=0.2),
-                          row("layers25", "layers", layers=0.25), row("layers50", "layers", layers=0.5),
+                          row("layers25", "layers", layers=0.25), row("layers50", "layers", layers=0.5, base="sft-100"),
                           row("reverse_dirs100", "directions", top=1.0, target="rl-grpo-600-s1", acc=0.02)])
     figures.save(figures.restoration(table), tmp_path / "r.svg", tmp_path / "r.html")
     svg = (tmp_path / "r.svg").read_text()
     assert svg.count('aria-roledescription="point"') == 5  # top-k edits (3) and layer resets (2)
     assert svg.count('aria-roledescription="bar"') == 7  # every edit, the reverse one and the tail included
-    assert "B (sft-200)" in svg and "T (sft-600)" in svg and "OOD accuracy over T (points)" in svg
+    assert all(end in svg for end in ("B (sft-200)", "B (sft-100)", "T (sft-600)")) and "OOD accuracy over T (points)" in svg
 
 
 CHROMIUM = shutil.which("chromium")

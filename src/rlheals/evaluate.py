@@ -373,7 +373,6 @@ def _forked_map(fn, items: Sequence) -> list:
     """[fn(item) for item in items], the first in this process and each other in a forked copy of it,
     all at once with one torch thread each (a forked child must not use the parent's OpenMP pool). A
     child's error is raised here with its traceback; a child that dies is reported with its exit code."""
-    import gc
     import multiprocessing
     import multiprocessing.connection
     import traceback
@@ -390,14 +389,12 @@ def _forked_map(fn, items: Sequence) -> list:
 
     ctx = multiprocessing.get_context("fork")
     started = []
-    gc.freeze()  # the collector must not visit (and so copy) every page the children share with this process
     for item in items[1:]:
         reader, writer = ctx.Pipe(duplex=False)
         process = ctx.Process(target=child, args=(item, writer), daemon=True)
         process.start()
         writer.close()
         started.append((process, reader))
-    gc.unfreeze()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

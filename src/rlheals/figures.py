@@ -152,8 +152,8 @@ def restoration(table: pl.DataFrame) -> alt.HConcatChart:
     forward = ood.filter(~pl.col("target").str.starts_with("rl-"))  # the reverse edit is a bar only
     tips = ["edit", "base", "target", "acc_edit", "acc_base", "acc_target", "recovery"]
     accuracy = alt.Y("acc_edit:Q", title="OOD accuracy", axis=alt.Axis(format="%"))
-    ends = pl.DataFrame([{"end": f"{end} ({row[name]})", "accuracy": row[f"acc_{name}"]}
-                         for row in forward.head(1).iter_rows(named=True) for end, name in (("B", "base"), ("T", "target"))])
+    ends = pl.concat([forward.select(pl.format(f"{end} ({{}})", pl.col(name)).alias("end"), pl.col(f"acc_{name}").alias("accuracy"))
+                      for end, name in (("B", "base"), ("T", "target"))]).unique(maintain_order=True)  # every B and T the edits use
     rules = alt.Chart(ends).mark_rule(color="gray").encode(
         alt.Y("accuracy:Q"), alt.StrokeDash("end:N", title="ends"), tooltip=["end", "accuracy"])
     svd = alt.Chart(forward.filter(pl.col("kind") != "layers", pl.col("tail") == 0).sort("share")).mark_line(point=True).encode(
