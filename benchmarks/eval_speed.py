@@ -61,7 +61,7 @@ def main() -> int:
     import torch
     import yaml
 
-    from rlheals import cards, data, evaluate, models
+    from rlheals import cards, data, episodes, evaluate, models
     from rlheals.verify import Verifier
 
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -81,7 +81,7 @@ def main() -> int:
     half = args.episodes // 2
     rows = [*data.read_jsonl(ROOT / "results/data/id_test.jsonl")[:half],
             *data.read_jsonl(ROOT / "results/data/ood_test.jsonl")[: args.episodes - half]]
-    episodes = evaluate.episodes_from_rows(rows, rules, cfg["prompt"]["format"])
+    hands = episodes.from_rows(rows, rules, cfg["prompt"]["format"])
     verifier = Verifier(cfg["game"]["target"], cfg["prompt"]["format"])
     decoding = evaluate.Decoding(max_new_tokens=cfg["eval"]["max_new_tokens"])
 
@@ -95,28 +95,28 @@ def main() -> int:
     for _ in range(args.repeats):
         cards.forget_solutions()
         t = time.perf_counter()
-        runs.append(evaluate.run_episodes(model, tokenizer, episodes, verifier, args.turns, decoding, batch_size=256,
+        runs.append(evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(verifier, args.turns, decoding),
                                           workers=args.threads))
         times.append(time.perf_counter() - t)
     ours, t_ours = runs[0], statistics.median(times)
     cards.forget_solutions()
     t = time.perf_counter()
-    theirs = evaluate.run_episodes_one_at_a_time(model, tokenizer, episodes, verifier, args.turns, decoding)
+    theirs = evaluate.run_episodes_one_at_a_time(model, tokenizer, hands, evaluate.Protocol(verifier, args.turns, decoding))
     t_theirs = time.perf_counter() - t
 
-    t_floor, n_tokens = packed_forward_seconds(model, tokenizer, episodes, ours, verifier)
+    t_floor, n_tokens = packed_forward_seconds(model, tokenizer, hands, ours, verifier)
 
     same = all(run == theirs for run in runs)
     differing = sum(a != b for a, b in zip(ours, theirs))
     tries = sum(r["tries"] for r in ours)
-    print(f"model {args.model}: {len(episodes)} episodes x up to {args.turns} tries ({tries} generations), {args.threads} threads")
+    print(f"model {args.model}: {len(hands)} episodes x up to {args.turns} tries ({tries} generations), {args.threads} threads")
     print(f"ours (batched, {args.threads} worker processes): {t_ours:7.2f} s (median of {', '.join(f'{t:.2f}' for t in times)})")
     print(f"anchors (one at a time):   {t_theirs:7.2f} s")
     print(f"speed-up: {t_theirs / t_ours:.1f}x (floor 20x); identical results: {same} ({differing} episodes differ)")
     print(f"bound: one packed forward over the {n_tokens} tokens of the final conversations: {t_floor:.2f} s, "
           f"so no engine beats {t_theirs / t_floor:.1f}x here")
     print(f"evaluation start-up (imports + model load, fresh process): {startup:.2f} s (limit 5 s); trl imported: {imported_trl}")
-    print("summary:", evaluate.summarize(ours))
+    print("summary:", episodes.summarize(ours))
     return 0 if same and t_theirs / t_ours >= 20 and startup < 5 and not imported_trl else 1
 
 

@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT / "src"))
 def main() -> int:
     import yaml
 
-    from rlheals import data, evaluate, ppo, rl
+    from rlheals import data, episodes, rl
+    from rlheals.jobs import Job, Task
     from rlheals.verify import Verifier
 
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -34,7 +35,7 @@ def main() -> int:
     verifier = Verifier(cfg["game"]["target"], fmt, cfg["verify"]["strict_format"], cfg["verify"]["rewards"])
     train = data.read_jsonl(ROOT / "results/data/rl_train.jsonl")
     tests = [*data.read_jsonl(ROOT / "results/data/id_test.jsonl")[:8], *data.read_jsonl(ROOT / "results/data/ood_test.jsonl")[:8]]
-    probe = rl.Probe(evaluate.episodes_from_rows(tests, rules, fmt), verifier, 1, cfg["eval"]["max_new_tokens"])
+    probe = rl.Probe(episodes.from_rows(tests, rules, fmt), verifier, 1, cfg["eval"]["max_new_tokens"])
     print(f"model {args.model}; {cfg['rl']['prompts_per_update']} prompts x {cfg['rl']['num_generations']} samples per update, "
           f"{cfg['rl']['max_new_tokens']} new tokens, {args.threads} thread(s)")
     import trl  # noqa: F401  imported once, outside the timings
@@ -46,11 +47,10 @@ def main() -> int:
             settings = {**cfg["rl"], "updates": updates, "probe": {"every": 10_000, "episodes": 8}}
             with tempfile.TemporaryDirectory() as work:
                 t = time.perf_counter()
-                if algo == "ppo":
-                    ppo.run(Path(args.model), train, rules, fmt, settings, verifier, probe, {}, 1, args.threads, log=lambda m: None)
-                else:
-                    rl.run_trl(algo, Path(args.model), train, rules, fmt, settings, verifier, probe, {}, Path(work), 1,
-                               args.threads, log=lambda m: None)
+                job = Job(start=Path(args.model), outputs={}, work=Path(work), seed=1, threads=args.threads,
+                          log=lambda m: None)
+                rl.run(algo, job=job, task=Task(train=train, rules=rules, fmt=fmt, verifier=verifier, probe=probe),
+                       settings=settings)
                 seconds.append(time.perf_counter() - t)
         per_update = (seconds[1] - seconds[0]) / args.updates
         print(f"{algo:5s} {per_update:6.2f} s per update  (start-up and first update {seconds[0]:.1f} s)"

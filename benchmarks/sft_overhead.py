@@ -48,7 +48,7 @@ def main() -> int:
         def on_step_end(self, *a, **k):
             stamps.append(time.perf_counter())
 
-    training_args = sft.training_args(settings, Path("/tmp/rlheals-sft-benchmark"), args.threads, held_out=False)
+    training_args = sft.training_args(settings, Path("/tmp/rlheals-sft-benchmark"), held_out=False)
     trainer = sft.trainer_class()(
         model=model,
         args=training_args,

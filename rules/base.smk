@@ -10,7 +10,7 @@ if config["model"]["source"] == "tiny":
         log:
             "logs/pretrain_corpus.log",
         params:
-            cfg=canonical(pretrain_corpus_slice()),
+            cfg=canonical(study.pretrain_corpus_slice()),
             code=code_of("pretrain_corpus.py"),
         conda:
             "../envs/analysis.yaml"
@@ -29,7 +29,7 @@ if config["model"]["source"] == "tiny":
         benchmark:
             "benchmarks/results/base.tsv"
         params:
-            cfg=canonical(base_slice()),
+            cfg=canonical(study.base_slice()),
             code=code_of("base_tiny.py"),
         threads: 8
         conda:

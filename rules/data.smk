@@ -5,7 +5,7 @@ rule data_split:
         "logs/data/{split}.log",
     params:
         code=code_of("data_split.py"),
-        cfg=lambda wc: canonical(data_slice(wc.split)),
+        cfg=lambda wc: canonical(study.data_slice(wc.split)),
     conda:
         "../envs/analysis.yaml"
     script:

@@ -10,7 +10,7 @@ rule evaluate:
         "benchmarks/results/eval/{model_id}.tsv"
     params:
         code=code_of("evaluate.py"),
-        cfg=canonical(eval_slice()),
+        cfg=canonical(study.eval_slice()),
     threads: 4
     conda:
         "../envs/analysis.yaml"

@@ -1,8 +1,9 @@
 rule rl:
     input:
-        start=lambda w: f"results/models/sft-{parse_rl_run(w.rl_run)[1]}",
+        start=rl_start,
         train="results/data/rl_train.jsonl",
         tests=expand("results/data/{split}.jsonl", split=TEST_SPLITS),
+        deepspeed=lambda w: study.rl_deepspeed(w.rl_run),
     output:
         model=directory("results/models/rl-{rl_run}"),
         checkpoints=directory(expand("results/models/rl-{{rl_run}}-u{update}", update=RL_SAVE_UPDATES)),
@@ -13,7 +14,7 @@ rule rl:
         "benchmarks/results/rl/{rl_run}.tsv"
     params:
         code=code_of("rl.py"),
-        cfg=lambda w: canonical(rl_slice(w.rl_run)),
+        cfg=lambda w: canonical(study.rl_slice(w.rl_run)),
     # The tiny model gains nothing from a second thread; two runs side by side do.
     threads: 1 if config["model"]["source"] == "tiny" else 8
     conda:

@@ -4,6 +4,7 @@ rule sft:
         train="results/data/sft_train.jsonl",
         id_test="results/data/id_test.jsonl",
         ood_test="results/data/ood_test.jsonl",
+        deepspeed=study.sft_deepspeed(),
     output:
         models=directory(expand("results/models/sft-{step}", step=SFT_STEPS)),
         losses="results/tables/sft_log.parquet",
@@ -13,7 +14,7 @@ rule sft:
         "benchmarks/results/sft.tsv"
     params:
         code=code_of("sft.py"),
-        cfg=canonical(sft_slice()),
+        cfg=canonical(study.sft_slice()),
     threads: 8
     conda:
         "../envs/train.yaml"

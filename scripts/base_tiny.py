@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from rlheals import data, evaluate, models, pretrain, runlog
+from rlheals import data, episodes, evaluate, models, pretrain, runlog
 from rlheals.verify import Verifier
 
 log = runlog.setup(snakemake.log[0])
@@ -28,7 +28,7 @@ models.save_model(model, tokenizer, out)  # atomic, with its checksum manifest
 rules = data.rules_from_config(cfg["game"])
 verifier = Verifier(target, cfg["prompt"]["format"], cfg["verify"]["strict_format"], cfg["verify"]["rewards"])
 rows = [r for path in snakemake.input.tests for r in data.read_jsonl(path)]
-episodes = evaluate.episodes_from_rows(rows, rules, cfg["prompt"]["format"])
-probe = evaluate.summarize(evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=1))
+hands = episodes.from_rows(rows, rules, cfg["prompt"]["format"])
+probe = episodes.summarize(evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(verifier, turns=1)))
 log.info("base model, one greedy try per hand: %s", probe)
 runlog.write_json_atomic({"history": history, "probe_one_try": probe}, snakemake.output.report)

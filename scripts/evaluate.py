@@ -7,7 +7,7 @@ start = time.time()
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
-from rlheals import data, evaluate, models, runlog  # noqa: E402
+from rlheals import data, episodes, evaluate, models, runlog  # noqa: E402
 from rlheals.verify import Verifier  # noqa: E402
 
 log = runlog.setup(snakemake.log[0])
@@ -25,11 +25,11 @@ log.info("%s loaded on %s in %.1f s since start", model_id, device, time.time() 
 rules = data.rules_from_config(cfg["game"])
 rows = [r for path in snakemake.input.tests for r in data.read_jsonl(path)[: settings["episodes"]]]
 verifier = Verifier(cfg["game"]["target"], fmt, cfg["verify"]["strict_format"], cfg["verify"]["rewards"])
-decoding = evaluate.Decoding(settings["do_sample"], settings["temperature"], settings["top_p"], settings["seed"],
-                             settings["max_new_tokens"])
-results = evaluate.run_episodes(model, tokenizer, evaluate.episodes_from_rows(rows, rules, fmt), verifier,
-                                settings["verify_turns"], decoding, settings["batch_size"], log=log.info,
+decoding = evaluate.Decoding(do_sample=settings["do_sample"], temperature=settings["temperature"],
+                             top_p=settings["top_p"], seed=settings["seed"], max_new_tokens=settings["max_new_tokens"])
+protocol = evaluate.Protocol(verifier, settings["verify_turns"], decoding, settings["batch_size"])
+results = evaluate.run_episodes(model, tokenizer, episodes.from_rows(rows, rules, fmt), protocol, log=log.info,
                                 workers=snakemake.threads)
 table = pl.DataFrame(results).with_columns(pl.lit(model_id).alias("model_id"))
 runlog.write_atomic(snakemake.output[0], table.write_parquet)
-log.info("%s: %s (%.1f s)", model_id, evaluate.summarize(results), time.time() - start)
+log.info("%s: %s (%.1f s)", model_id, episodes.summarize(results), time.time() - start)

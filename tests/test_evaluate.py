@@ -12,7 +12,8 @@ import polars as pl
 import pytest
 import torch
 
-from rlheals import cards, data, evaluate, models, pretrain, tables
+from rlheals import cards, data, episodes, evaluate, model_ids, models, pretrain, tables
+from rlheals import decoding as decoding_module
 from rlheals.verify import Verifier
 
 GAME = {"target": 24, "rules": {"id": {"face_values": {"J": 10, "Q": 10, "K": 10}, "hand": "uniform"},
@@ -64,36 +65,36 @@ def setting():
     tokenizer = models.build_tokenizer(pretrain.vocabulary(24))
     rules = data.rules_from_config(GAME)
     rows = data.make_split("id_test", GAME, DATA) + data.make_split("ood_test", GAME, DATA)
-    return tokenizer, evaluate.episodes_from_rows(rows, rules, "compact")
+    return tokenizer, episodes.from_rows(rows, rules, "compact")
 
 
 def test_a_perfect_player_scores_100_percent(setting):
-    tokenizer, episodes = setting
+    tokenizer, hands = setting
     model = ScriptedModel(tokenizer, solve_from_prompt)
-    rows = evaluate.run_episodes(model, tokenizer, episodes, Verifier(), turns=5, batch_size=5)
+    rows = evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(Verifier(), 5, evaluate.Decoding(), 5))
     assert all(r["correct"] and r["tries"] == 1 and r["value_mapping"] for r in rows)
-    summary = evaluate.summarize(rows)
+    summary = episodes.summarize(rows)
     assert summary["id"]["accuracy"] == summary["ood"]["accuracy"] == 1.0
     assert summary["ood"]["pass_at_1"] == 1.0 and summary["ood"]["format_error_rate"] == 0.0
     assert model.calls == 5  # 24 episodes in batches of 5, all solved at the first try
 
 
 def test_garbage_scores_zero_and_uses_every_try(setting):
-    tokenizer, episodes = setting
+    tokenizer, hands = setting
     model = ScriptedModel(tokenizer, lambda text: "banana ; +")
-    rows = evaluate.run_episodes(model, tokenizer, episodes, Verifier(), turns=5, batch_size=64)
+    rows = evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(Verifier(), 5, evaluate.Decoding(), 64))
     assert not any(r["correct"] for r in rows)
     assert all(r["tries"] == 5 and len(r["answers"]) == 5 and r["format_error"] for r in rows)
-    assert evaluate.summarize(rows)["id"]["accuracy"] == 0.0
+    assert episodes.summarize(rows)["id"]["accuracy"] == 0.0
 
 
 def test_feedback_reaches_the_next_turn(setting):
     """A player that fails once, then reads the feedback turn and answers correctly: solved at try 2."""
-    tokenizer, episodes = setting
+    tokenizer, hands = setting
     model = ScriptedModel(tokenizer, lambda t: solve_from_prompt(t) if "failed this trial" in t else "1 + 1 = 2 ;")
-    rows = evaluate.run_episodes(model, tokenizer, episodes, Verifier(), turns=5)
+    rows = evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(Verifier(), 5))
     assert all(r["correct"] and r["tries"] == 2 and not r["first_correct"] for r in rows)
-    summary = evaluate.summarize(rows)["id"]
+    summary = episodes.summarize(rows)["id"]
     assert summary["accuracy"] == 1.0 and summary["pass_at_1"] == 0.0
 
 
@@ -101,20 +102,20 @@ def test_cached_batches_match_one_episode_at_a_time(setting):
     """The engine keeps each batch's KV cache across tries; under greedy decoding it must answer exactly
     as a fresh `generate` per try on the whole conversation. A random model's answers rarely survive
     decode-then-re-encode (padding tokens, no end of turn), which exercises the cache rollback too."""
-    tokenizer, episodes = setting
+    tokenizer, hands = setting
     model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
                                                 "num_heads": 2, "num_kv_heads": 1, "max_positions": 512}, seed=0)
     decoding = evaluate.Decoding(max_new_tokens=6)
     verifier = Verifier()
     # Make the model emit <unk> where it would emit its favourite word: decoding drops <unk>, so the
     # re-encoded conversation diverges from the cached tokens and the engine must roll the cache back.
-    answers = evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=1, decoding=decoding)
+    answers = evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(verifier, 1, decoding))
     favourite = collections.Counter(w for r in answers for w in r["answers"][0].split()).most_common(1)[0][0]
     with torch.no_grad():
         head = model.get_output_embeddings().weight
         head[tokenizer.unk_token_id] = 2 * head[tokenizer.convert_tokens_to_ids(favourite)]
-    batched = evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=3, decoding=decoding, batch_size=7)
-    reference = evaluate.run_episodes_one_at_a_time(model, tokenizer, episodes, verifier, turns=3, decoding=decoding)
+    batched = evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(verifier, 3, decoding, 7))
+    reference = evaluate.run_episodes_one_at_a_time(model, tokenizer, hands, evaluate.Protocol(verifier, 3, decoding))
     assert batched == reference
     assert all(r["tries"] == 3 for r in batched)  # nothing solved: every try went through the cache
 
@@ -123,7 +124,7 @@ def test_forked_workers_share_the_episodes_and_answer_as_one_process(setting, mo
     """Episodes shared out over forked worker processes give the same rows, in the same order, as one
     process; the parent gets its thread count back; a worker's error or death comes back as an error
     naming it."""
-    tokenizer, episodes = setting
+    tokenizer, hands = setting
     model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
                                                 "num_heads": 2, "num_kv_heads": 1, "max_positions": 512}, seed=2)
     decoding, verifier, parent = evaluate.Decoding(max_new_tokens=8), Verifier(), os.getpid()
@@ -135,10 +136,9 @@ def test_forked_workers_share_the_episodes_and_answer_as_one_process(setting, mo
             f.write(f"{os.getpid()}\n")
         return verifier(answer, values)
 
-    one = evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=3, decoding=decoding, batch_size=5)
+    one = evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(verifier, 3, decoding, 5))
     threads = torch.get_num_threads()
-    shared = evaluate.run_episodes(model, tokenizer, episodes, verify_and_record, turns=3, decoding=decoding,
-                                   batch_size=5, workers=3)
+    shared = evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(verify_and_record, 3, decoding, 5), workers=3)
     assert shared == one
     assert len(set(calls.read_text().split())) == 3 and str(parent) in calls.read_text().split()
     assert torch.get_num_threads() == threads
@@ -149,7 +149,7 @@ def test_forked_workers_share_the_episodes_and_answer_as_one_process(setting, mo
         return verifier(answer, values)
 
     with pytest.raises(RuntimeError, match="(?s)evaluation worker .* failed.*ValueError: bad hand in a worker"):
-        evaluate.run_episodes(model, tokenizer, episodes, fail_in_a_child, turns=1, decoding=decoding, workers=2)
+        evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(fail_in_a_child, 1, decoding), workers=2)
 
     def one_child_dies_the_others_hang(answer, values):
         if os.getpid() != parent:
@@ -162,8 +162,7 @@ def test_forked_workers_share_the_episodes_and_answer_as_one_process(setting, mo
 
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"evaluation worker \d+ died \(exit code 3\)"):
-        evaluate.run_episodes(model, tokenizer, episodes, one_child_dies_the_others_hang, turns=1,
-                              decoding=decoding, workers=3)
+        evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(one_child_dies_the_others_hang, 1, decoding), workers=3)
     assert time.monotonic() - start < 300  # liveness, not speed: the death is seen without waiting out the hang
     assert not multiprocessing.active_children()  # and the hanging worker was stopped
 
@@ -172,21 +171,21 @@ def test_rows_that_end_early_leave_the_step_batch_and_feedback_turns_are_fed_in_
     """Answers ending at different steps: finished rows are swapped out of the step batch and come back
     for the next turn; feedback turns of different lengths are prefilled in bands (longest rows first).
     The answers and every later try still equal one-at-a-time generation."""
-    tokenizer, episodes = setting
+    tokenizer, hands = setting
     model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
                                                 "num_heads": 2, "num_kv_heads": 1, "max_positions": 512}, seed=1)
     decoding, verifier = evaluate.Decoding(max_new_tokens=12), Verifier()
-    first = evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=1, decoding=decoding)
+    first = evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(verifier, 1, decoding))
     common = collections.Counter(w for r in first for w in r["answers"][0].split()[1:]).most_common(3)[-1][0]
     with torch.no_grad():  # end the answer where the model would say a fairly common word
         head = model.get_output_embeddings().weight
         head[tokenizer.eos_token_id] = 1.5 * head[tokenizer.convert_tokens_to_ids(common)]
     parks, plans = [], []
-    park, plan = evaluate.Batch._park, evaluate.prefill_plan
-    monkeypatch.setattr(evaluate.Batch, "_park", lambda self, done: parks.append(int(done.sum())) or park(self, done))
-    monkeypatch.setattr(evaluate, "prefill_plan", lambda lengths: plans.append(plan(lengths, forward_cost=1)) or plans[-1])
-    batched = evaluate.run_episodes(model, tokenizer, episodes, verifier, turns=3, decoding=decoding, batch_size=9)
-    reference = evaluate.run_episodes_one_at_a_time(model, tokenizer, episodes, verifier, turns=3, decoding=decoding)
+    park, plan = decoding_module.Batch._park, decoding_module.prefill_plan
+    monkeypatch.setattr(decoding_module.Batch, "_park", lambda self, done: parks.append(int(done.sum())) or park(self, done))
+    monkeypatch.setattr(decoding_module, "prefill_plan", lambda lengths: plans.append(plan(lengths, forward_cost=1)) or plans[-1])
+    batched = evaluate.run_episodes(model, tokenizer, hands, evaluate.Protocol(verifier, 3, decoding, 9))
+    reference = evaluate.run_episodes_one_at_a_time(model, tokenizer, hands, evaluate.Protocol(verifier, 3, decoding))
     assert batched == reference
     lengths = {len(a.split()) for r in batched for a in r["answers"]}
     assert len(lengths) > 2 and len(parks) > 3  # answers of several lengths, rows parked several times
@@ -194,27 +193,27 @@ def test_rows_that_end_early_leave_the_step_batch_and_feedback_turns_are_fed_in_
 
 
 def test_prefill_plan_splits_only_where_it_saves_more_than_a_forward():
-    assert evaluate.prefill_plan([5, 5, 5]) == [5, 0]  # equal lengths: one forward
-    assert evaluate.prefill_plan([40, 10, 10, 10], forward_cost=0) == [40, 10, 0]
-    assert evaluate.prefill_plan([40, 10, 10, 10], forward_cost=200) == [40, 0]  # 90 padded tokens < 200
+    assert decoding_module.prefill_plan([5, 5, 5]) == [5, 0]  # equal lengths: one forward
+    assert decoding_module.prefill_plan([40, 10, 10, 10], forward_cost=0) == [40, 10, 0]
+    assert decoding_module.prefill_plan([40, 10, 10, 10], forward_cost=200) == [40, 0]  # 90 padded tokens < 200
     lengths = [48] * 3 + [20] * 200 + [3] * 30
-    plan = evaluate.prefill_plan(lengths, forward_cost=96)
+    plan = decoding_module.prefill_plan(lengths, forward_cost=96)
     padded = lambda plan: sum(sum(n > low for n in lengths) * (high - low) for high, low in zip(plan, plan[1:]))  # noqa: E731
     assert plan[0] == 48 and plan[-1] == 0 and padded(plan) < 0.6 * padded([48, 0])
     assert padded(plan) + 96 * (len(plan) - 1) <= min(padded(p) + 96 * (len(p) - 1) for p in ([48, 0], [48, 20, 0], [48, 20, 3, 0]))
 
 
 def test_wilson_interval():
-    low, high = evaluate.wilson(50, 100)
+    low, high = episodes.wilson(50, 100)
     assert abs(low - 0.4038) < 1e-3 and abs(high - 0.5962) < 1e-3
-    assert evaluate.wilson(0, 20)[0] == 0.0 and evaluate.wilson(20, 20)[1] == 1.0
+    assert episodes.wilson(0, 20)[0] == 0.0 and episodes.wilson(20, 20)[1] == 1.0
 
 
 def test_model_ids_and_accuracy_table():
-    assert tables.parse_model_id("sft-120") == {"stage": "sft", "algo": None, "sft_step": 120, "rl_update": None, "seed": None}
-    assert tables.parse_model_id("rl-grpo-100-s1-u30") == {"stage": "rl", "algo": "grpo", "sft_step": 100, "rl_update": 30, "seed": 1}
+    assert model_ids.parse("sft-120") == {"stage": "sft", "algo": None, "sft_step": 120, "rl_update": None, "seed": None}
+    assert model_ids.parse("rl-grpo-100-s1-u30") == {"stage": "rl", "algo": "grpo", "sft_step": 100, "rl_update": 30, "seed": 1}
     with pytest.raises(ValueError, match="not a model id"):
-        tables.parse_model_id("sft_120")
+        model_ids.parse("sft_120")
     row = {"rule": "ood", "correct": True, "first_correct": False, "format_error": False, "value_mapping": True, "tries": 2}
     table = tables.accuracy_table({"base": [row, {**row, "correct": False}], "sft-10": [row]})
     assert table.height == 2 and table.filter(pl.col("model_id") == "base")["accuracy"].item() == 0.5

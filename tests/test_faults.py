@@ -22,7 +22,8 @@ import pytest
 import torch
 import yaml
 
-from rlheals import data, evaluate, models, pretrain, rl, runlog, sft, tables
+from rlheals import data, episodes, models, pretrain, rl, runlog, tables
+from rlheals.jobs import Job, Task
 from rlheals.verify import Verifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,7 +326,7 @@ def rl_setup(tmp_path_factory, tokenizer):
     rows = {split: data.make_split(split, game, splits) for split in splits["splits"]}
     rules = data.rules_from_config(game)
     verifier = TextReward(game["target"], fmt, cfg["verify"]["strict_format"], cfg["verify"]["rewards"])
-    probe = rl.Probe(evaluate.episodes_from_rows([*rows["id_test"], *rows["ood_test"]], rules, fmt), verifier, 1, 8)
+    probe = rl.Probe(episodes.from_rows([*rows["id_test"], *rows["ood_test"]], rules, fmt), verifier, 1, 8)
     # Probes (and the control's loss logs) every 2 updates: the resume from update 1 falls between two.
     settings = {**cfg["rl"], "updates": 3, "save_updates": [1], "max_new_tokens": 6, "probe": {"every": 2, "episodes": 2}}
     return {"cfg": cfg, "start": start, "rows": rows, "rules": rules, "fmt": fmt, "verifier": verifier,
@@ -334,17 +335,10 @@ def rl_setup(tmp_path_factory, tokenizer):
 
 def run_algo(algo: str, s: dict, root: Path, log=print) -> list[dict]:
     outputs = {3: root / "models" / f"rl-{algo}-6", 1: root / "models" / f"rl-{algo}-6-u1"}
-    work = root / "work"
-    if algo == "grpo":
-        return rl.run_trl("grpo", s["start"], s["rows"]["rl_train"], s["rules"], s["fmt"], s["settings"], s["verifier"],
-                          s["probe"], outputs, work, seed=1, threads=1, log=log)
-    if algo == "ppo":
-        from rlheals import ppo
-
-        return ppo.run(s["start"], s["rows"]["rl_train"], s["rules"], s["fmt"], s["settings"], s["verifier"], s["probe"],
-                       outputs, seed=1, threads=1, log=log, work=work)
-    return rl.run_control(s["start"], s["rows"]["rl_train"], s["rows"]["id_test"], s["rows"]["ood_test"], s["rules"],
-                          s["fmt"], s["cfg"]["sft"], s["settings"], s["probe"], outputs, work, seed=1, threads=1, log=log)
+    job = Job(start=s["start"], outputs=outputs, work=root / "work", seed=1, threads=1, log=log)
+    task = Task(train=s["rows"]["rl_train"], rules=s["rules"], fmt=s["fmt"], id_test=s["rows"]["id_test"],
+                ood_test=s["rows"]["ood_test"], verifier=s["verifier"], probe=s["probe"])
+    return rl.run(algo, job=job, task=task, settings=s["settings"], sft_settings=s["cfg"]["sft"])
 
 
 def weights_of(root: Path) -> dict[str, str]:

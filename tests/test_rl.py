@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 import torch
 
-from rlheals import cards, models, ppo, rl
+from rlheals import cards, episodes, models, ppo, rl
 from rlheals.verify import Verifier
 
 
@@ -66,7 +66,7 @@ def test_reward_survives_a_verifier_that_raises():
 
 
 def test_ppo_update_plays_multi_turn_episodes_and_keeps_its_reference_fixed():
-    from rlheals import data, evaluate, pretrain
+    from rlheals import data, pretrain
 
     tokenizer = models.build_tokenizer(pretrain.vocabulary(24))
     model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
@@ -75,14 +75,14 @@ def test_ppo_update_plays_multi_turn_episodes_and_keeps_its_reference_fixed():
     splits = {"rl_train": {"rule": "id", "size": 6, "seed": 1}, "id_test": {"rule": "id", "size": 1, "seed": 2},
               "ood_test": {"rule": "id", "size": 1, "seed": 3}}
     rows = data.make_split("rl_train", game, {"holdout_seed": 0, "holdout_share": 0.25, "splits": splits})
-    episodes = evaluate.episodes_from_rows(rows, data.rules_from_config(game), "compact")
+    hands = episodes.from_rows(rows, data.rules_from_config(game), "compact")
     settings = {"lr": 1e-3, "lr_scheduler": "constant", "updates": 2, "kl_coef": 0.1, "verify_turns": 3,
                 "temperature": 1.0, "max_new_tokens": 6, "max_grad_norm": 1.0,
                 "ppo": {"epochs": 2, "minibatch": 4, "clip": 0.1, "value_clip": 0.1, "value_coef": 0.5, "value_lr": 1e-3,
                         "gamma": 0.9, "lam": 0.95, "normalize_advantages": True}}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = ppo.PPO(model, tokenizer, settings, Verifier(), seed=0)
-    steps = trainer.update(episodes)
+    steps = trainer.update(hands)
     assert len(steps) == 6 * 3  # a random model solves nothing: every episode uses all three tries
     assert all(len(t.old_logprobs) == len(t.answer) for t in steps)
     assert math.isfinite(trainer.stats["policy_loss"]) and trainer.stats["value_loss"] > 0

@@ -193,8 +193,8 @@ def test_lean_loss_equals_trls_completion_only_loss(tmp_path):
                 "warmup_ratio": 0.0, "adam_beta1": 0.9, "adam_beta2": 0.98, "adam_epsilon": 1e-7, "weight_decay": 0.0,
                 "max_grad_norm": 1.0, "seed": 0, "logging_steps": 1, "max_length": 128, "bf16": False, "deepspeed": None}
     dataset = datasets.Dataset.from_list(sft.conversations(rows, rules, "compact"))
-    ours = sft.trainer_class()(model=model, args=sft.training_args(settings, tmp_path, 1, held_out=False), train_dataset=dataset, processing_class=tok)
-    trl = SFTTrainer(model=model, args=sft.training_args(settings, tmp_path, 1, held_out=False), train_dataset=dataset, processing_class=tok)
+    ours = sft.trainer_class()(model=model, args=sft.training_args(settings, tmp_path, held_out=False), train_dataset=dataset, processing_class=tok)
+    trl = SFTTrainer(model=model, args=sft.training_args(settings, tmp_path, held_out=False), train_dataset=dataset, processing_class=tok)
     batch = next(iter(ours.get_train_dataloader()))
     prompt_tokens = (batch["labels"] == -100).sum()
     assert prompt_tokens > 16 * 10  # the prompt is masked out of the loss

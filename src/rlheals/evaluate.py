@@ -1,327 +1,44 @@
-"""The evaluation engine: multi-turn verification episodes (the paper's protocol) for one model, all
-episodes advancing together in batches.
+"""Evaluation: multi-turn verification episodes (the papers' protocol) for one model, all episodes
+advancing together in batches through rlheals.decoding.
 
 An episode is one test hand: the model answers; if the verifier rejects the answer, its feedback ("You
-failed this trial because ...") becomes the next user turn, up to `turns` tries. A batch of episodes is
-played turn by turn through the model's forward (left padding, each row stopping at its end-of-turn
-token) with one KV cache kept across turns: a new turn feeds only the tokens the cache does not hold yet
-(the feedback turn), and a solved episode leaves the batch and its cache rows. On the CPU the episodes
-can be shared out over forked worker processes, each playing its own batches."""
+failed this trial because ...") becomes the next user turn, up to `turns` tries. A solved episode leaves
+its batch and its cache rows. On the CPU the episodes can be shared out over forked worker processes,
+each playing its own batches. `play` is the one loop of the protocol: PPO's rollouts use it too."""
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from rlheals import cards
-from rlheals.verify import Verifier
+from rlheals.decoding import Batch, Decoding, encode, encode_all
+from rlheals.episodes import Episode, result_row
+from rlheals.verify import Verdict, Verifier
 
-FORMAT_ERRORS = ("illegal", "unparseable")
+@dataclass(frozen=True)
+class Protocol:
+    """How episodes are played: the verifier that judges each answer, the tries per episode (`turns`),
+    the decoding, and how many episodes advance together in one batch."""
+
+    verifier: Verifier
+    turns: int
+    decoding: Decoding = Decoding()
+    batch_size: int = 256
 
 
 @dataclass(frozen=True)
-class Episode:
-    id: str
-    rule: str
-    cards: tuple[str, ...]
-    values: tuple[int, ...]
-    prompt: str
+class Try:
+    """One answer of an episode: the conversation it answered (token ids, as fed), the answer as text and
+    as the sampled token ids (RL trains on these), and the verifier's verdict."""
+
+    prompt_ids: list[int]
+    answer: str
+    answer_ids: list[int]
+    verdict: Verdict
 
 
-def episodes_from_rows(rows: Sequence[Mapping], rules: Mapping[str, cards.Rule], fmt: str) -> list[Episode]:
-    return [
-        Episode(r["id"], r["rule"], tuple(r["cards"]), tuple(r["values"]),
-                cards.render_prompt(fmt, r["cards"], rules[r["rule"]], r["target"]))
-        for r in rows
-    ]
-
-
-@dataclass(frozen=True)
-class Decoding:
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    max_new_tokens: int = 48
-
-    def generate_kwargs(self) -> dict:
-        """Every sampling setting explicit: a local model's generation_config.json (Qwen2.5 ships a
-        repetition penalty) must not change what is decoded, nor PPO's log-probabilities."""
-        neutral = {"repetition_penalty": 1.0, "typical_p": 1.0, "min_p": None, "no_repeat_ngram_size": 0}
-        if not self.do_sample:
-            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, **neutral}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": None, **neutral}
-
-
-def _picker(decoding: Decoding):
-    """Next tokens from last-position logits: argmax, or transformers' temperature and top-p warpers
-    then a draw (what `generate` does)."""
-    import torch
-
-    if not decoding.do_sample:
-        return lambda logits: logits.argmax(-1)
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
-
-    warpers = LogitsProcessorList([TemperatureLogitsWarper(decoding.temperature)])
-    if decoding.top_p < 1.0:
-        warpers.append(TopPLogitsWarper(decoding.top_p))
-    return lambda logits: torch.multinomial(torch.softmax(warpers(None, logits), -1), 1).squeeze(1)
-
-
-def encode(tokenizer, conversation: list[dict]) -> list[int]:
-    """The token ids of a conversation up to the next assistant turn, exactly as a one-at-a-time
-    evaluation would build them (template text, then the tokenizer)."""
-    return encode_all(tokenizer, [conversation])[0]
-
-
-def encode_all(tokenizer, conversations: Sequence[list[dict]]) -> list[list[int]]:
-    """`encode` for many conversations: one template call and one (parallel) tokenizer call."""
-    if not conversations:
-        return []
-    texts = tokenizer.apply_chat_template(list(conversations), tokenize=False, add_generation_prompt=True)
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
-def row_cache(rows: int):
-    """A transformers DynamicCache for `rows` conversations. Each layer keeps every row's keys and values
-    in one storage with spare columns, and a forward over b rows reads and writes the first b rows only:
-    a row leaves a forward by being swapped past b (two rows copied, not the cache), a decode step
-    writes its column in place instead of concatenating (copying) the whole cache, and rows that leave
-    for good are dropped by moving the others to the front in place. Columns a row did not write hold
-    zeros or old keys and values: finite, under the mask that hides them."""
-    import torch
-    from transformers import DynamicCache
-    from transformers.cache_utils import Cache, DynamicLayer
-
-    class RowLayer(DynamicLayer):
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                shape = (rows, key_states.shape[1], 0, key_states.shape[3])
-                self.replace(key_states.new_zeros(shape), value_states.new_zeros(shape))
-            b, used, new = key_states.shape[0], self.columns, key_states.shape[2]
-            if used + new > self._keys.shape[2]:  # grow by half again (and at least 64 columns)
-                kept = self.rows_kept
-                self.replace(self._keys[:kept, :, :used], self._values[:kept, :, :used], spare=max(64, used // 2 + new))
-            self._keys[:b, :, used : used + new], self._values[:b, :, used : used + new] = key_states, value_states
-            self.columns = used + new
-            self.keys, self.values = self._keys[:b, :, : self.columns], self._values[:b, :, : self.columns]
-            return self.keys, self.values
-
-        def replace(self, keys, values, spare: int = 64) -> None:
-            """Hold `keys`/`values` (rows, heads, columns, dim), zeros in `spare` columns after them."""
-            n, heads, columns, dim = keys.shape
-            self._keys, self._values = (store.new_empty((n, heads, columns + spare, dim)) for store in (keys, values))
-            for store, held in ((self._keys, keys), (self._values, values)):
-                store[:, :, :columns] = held
-                store[:, :, columns:] = 0
-            self.hold(columns)
-
-        def hold(self, columns: int, rows_kept: int | None = None) -> None:
-            """Use the first `columns` of the storage (and its first `rows_kept` rows from now on)."""
-            self.columns, self.rows_kept = columns, self._keys.shape[0] if rows_kept is None else rows_kept
-            self.keys, self.values = self._keys[:, :, :columns], self._values[:, :, :columns]
-
-    class RowCache(DynamicCache):
-        def __init__(self):
-            Cache.__init__(self, layer_class_to_replicate=RowLayer)
-
-        def swap(self, a, b) -> None:
-            """Exchange the storage rows `a` and `b` (index tensors of one length)."""
-            for layer in self.layers:
-                for store in (layer._keys, layer._values):
-                    used = store[:, :, : layer.columns]
-                    held = used.index_select(0, a)
-                    used.index_copy_(0, a, used.index_select(0, b))
-                    used.index_copy_(0, b, held)
-
-        def gather(self, rows, columns) -> None:
-            """Keep the storage rows `rows`, in that order, each with its `columns` (rows, width), moved
-            to the front of the storage in place: no new storage, and what stays behind it is old but
-            finite (never read before it is written)."""
-            with torch.inference_mode():  # the storage is an inference tensor
-                for layer in self.layers:
-                    heads, capacity, dim = layer._keys.shape[1:]
-                    flat = (rows[:, None, None] * heads + torch.arange(heads, device=rows.device)[:, None]) * capacity
-                    flat = (flat + columns[:, None, :]).flatten()
-                    for store in (layer._keys, layer._values):
-                        moved = store.view(-1, dim).index_select(0, flat)
-                        store[: len(rows), :, : columns.shape[1]] = moved.view(len(rows), heads, -1, dim)
-                    layer.hold(columns.shape[1], len(rows))
-
-    return RowCache()
-
-
-# A prefill forward costs about as much as this many extra token rows (measured on the CPU: 2-3 ms of
-# per-forward work against ~27 us per token); it decides when splitting a prefill pays.
-FORWARD_COST_TOKENS = 96
-
-
-def prefill_plan(lengths: Sequence[int], forward_cost: int = FORWARD_COST_TOKENS) -> list[int]:
-    """How to feed suffixes of these lengths, right-aligned, in as few padded token-forwards as pays:
-    widths W = w0 > w1 > ... > 0. Forward i feeds the columns at distance (w_{i+1}, w_i] from the right
-    end, for the rows longer than w_{i+1} only (with rows sorted longest first, a prefix of them), so one
-    long feedback turn no longer pads every row to its length."""
-    widths = sorted(set(lengths))
-    longer = lambda w: sum(n > w for n in lengths)  # noqa: E731
-    best = {0: (0, [0])}  # width -> (cost of feeding every column up to it, the plan)
-    for w in widths:
-        best[w] = min((best[v][0] + longer(v) * (w - v) + forward_cost, [w, *best[v][1]]) for v in best)
-    return best[widths[-1]][1]
-
-
-class Batch:
-    """Conversations advancing together, turn by turn, keeping one KV cache between turns.
-
-    Each conversation (row) lives in a slot of the cache (`order[slot]` is its row). A turn prefills, per
-    row, only the part of the re-encoded conversation the cache does not hold yet (longest common prefix
-    with the cached tokens, so an answer that does not survive decode/re-encode rolls the cache back),
-    longest suffixes first in the slots so a `prefill_plan` can feed them in bands; then it decodes one
-    token per step through the model's forward over the first n slots. A row whose answer has ended
-    leaves the step batch by a swap of slots once such rows are `park_share` of it, so one long answer
-    does not make every finished row pay for its steps. `tokens`/`mask` mirror the cache's columns per
-    slot: left padding and holes are mask 0, and positions come from the mask, so neither shifts them.
-    A row's last token (its end of turn) is not fed: the next turn's prefill feeds it."""
-
-    def __init__(self, model, tokenizer, decoding: Decoding, park_share: float = 0.1):
-        self.model, self.tokenizer, self.decoding, self.park_share = model, tokenizer, decoding, park_share
-        self.pick = _picker(decoding)
-        self.cache = None
-        if model.device.type == "cpu":
-            # torch's CPU attention handles grouped-query heads under a mask itself (measured bit-identical);
-            # without this switch transformers copies every key/value head per query head at each step.
-            # (On CUDA a mask would push GQA onto the slow math kernel: left alone there.)
-            os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
-        self.device = model.device
-
-    def turn(self, conversations_ids: Sequence[list[int]]) -> list[str]:
-        import torch
-
-        pad, eos, steps = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.decoding.max_new_tokens
-        rows = len(conversations_ids)
-        if self.cache is None:
-            self.cache = row_cache(rows)
-            self.tokens = self.mask = torch.empty((rows, 0), dtype=torch.long, device=self.device)
-            self.order = self.slots = torch.arange(rows, device=self.device)
-        suffixes = [self._reuse(int(slot), ids) for slot, ids in zip(self.slots, conversations_ids)]
-        plan = prefill_plan([len(s) for s in suffixes])
-        by_length = sorted(range(rows), key=lambda r: -len(suffixes[r])) if len(plan) > 2 else list(range(rows))
-        self._arrange(torch.tensor(by_length, device=self.device))
-        suffixes = [suffixes[r] for r in by_length]
-        cached, width = self.tokens.shape[1], plan[0]
-        start = cached + width  # the first decode column
-        # Columns: the cache, the prefill chunk (left-padded), then one per decode step.
-        tokens = torch.full((rows, start + steps), pad, dtype=torch.long, device=self.device)
-        mask = torch.zeros_like(tokens)
-        tokens[:, :cached], mask[:, :cached] = self.tokens, self.mask
-        tokens[:, cached:start] = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes])
-        mask[:, cached:start] = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes])
-        self.tokens, self.mask = tokens, mask
-        self.position = mask.sum(1)  # the position of each slot's next token
-        answers = torch.full((rows, steps), pad, dtype=torch.long, device=self.device)  # by row
-        with torch.inference_mode():
-            positions = (mask[:, :start].cumsum(1) - 1).clamp(min=0)
-            for high, low in zip(plan, plan[1:]):  # bands of columns, rows longer than `low` only
-                n = sum(len(s) > low for s in suffixes)
-                logits = self._forward(tokens[:n, start - high : start - low], mask[:n, : start - low],
-                                       positions[:n, start - high : start - low])
-            n = rows
-            done = torch.zeros(n, dtype=torch.bool, device=self.device)
-            for step in range(steps):
-                chosen = self.pick(logits)
-                live = ~done
-                answers[self.order[:n][live], step] = chosen[live]
-                done |= chosen == eos
-                if step + 1 == steps or bool(done.all()):
-                    break
-                if int(done.sum()) >= max(1, self.park_share * n):
-                    moved = self._park(done)
-                    n = len(moved)
-                    chosen, done = chosen[moved], done[moved]
-                live, column = ~done, start + step
-                tokens[:n, column] = torch.where(live, chosen, pad)
-                mask[:n, column] = live.long()
-                logits = self._forward(tokens[:n, column : column + 1], mask[:n, : column + 1], self.position[:n, None])
-                self.position[:n] += live.long()
-        columns = self.cache.get_seq_length()
-        self.tokens, self.mask = tokens[:, :columns], mask[:, :columns]
-        self.slots = torch.empty_like(self.order)
-        self.slots[self.order] = torch.arange(rows, device=self.device)  # row -> slot
-        ended = (answers == eos).long().cumsum(1)
-        kept = (ended == 0) | ((ended == 1) & (answers == eos))
-        self.answer_ids = [row[k].tolist() for row, k in zip(answers, kept)]  # for RL: what was sampled
-        return [text.strip() for text in self.tokenizer.batch_decode(self.answer_ids, skip_special_tokens=True)]
-
-    def _forward(self, input_ids, attention_mask, position_ids):
-        if input_ids.shape[1] == 1:
-            # A decode step's mask is the padding mask itself, (rows, 1, 1, columns): handed over as such,
-            # transformers uses it as it is instead of building it again at every step.
-            attention_mask = attention_mask[:, None, None, :].bool()
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1].float()
-
-    def _arrange(self, by_length, min_share: float = 0.8) -> None:
-        """Slot i takes row by_length[i]. Rows are moved (one gather of the cache) only when the order
-        changes, rows have left, or holes (skipped steps, rolled-back tokens) are over a fifth of the
-        columns; a gather also closes the holes: each row's cached tokens move together, right-aligned,
-        since attention reads every column at every step. Positions come from the mask: unchanged."""
-        import torch
-
-        slots = self.slots[by_length]
-        valid = self.mask[slots].bool()
-        width = int(valid.sum(1).max()) if valid.numel() else 0
-        unmoved = len(slots) == len(self.order) and bool((slots == torch.arange(len(slots), device=self.device)).all())
-        if not unmoved or width < min_share * valid.shape[1]:
-            columns = torch.argsort(valid.long(), dim=1, stable=True)[:, valid.shape[1] - width :]
-            self.tokens, self.mask = self.tokens[slots].gather(1, columns), self.mask[slots].gather(1, columns)
-            if self.cache.layers:
-                self.cache.gather(slots, columns)
-        self.order = by_length
-        self.slots = torch.arange(len(slots), device=self.device)
-
-    def _park(self, done):
-        """Swap the step batch's finished slots past its live ones; return, for each live slot, the step
-        batch position its row came from."""
-        import torch
-
-        n = len(done)
-        live = n - int(done.sum())
-        leaving = done[:live].nonzero().flatten()  # finished, inside the new step batch
-        staying = (~done[live:]).nonzero().flatten() + live  # live, outside it
-        moved = torch.arange(live, device=self.device)
-        if len(leaving):
-            self.cache.swap(leaving, staying)
-            for mirror in (self.tokens, self.mask, self.position, self.order):
-                mirror[torch.cat([leaving, staying])] = mirror[torch.cat([staying, leaving])]
-            moved[leaving] = staying
-        return moved
-
-    def _reuse(self, slot: int, ids: list[int]) -> list[int]:
-        """Mask out the slot's cached tokens that diverge from `ids`; return the ids still to feed."""
-        columns = self.mask[slot].nonzero().flatten()
-        cached = self.tokens[slot, columns].tolist()
-        keep = 0
-        for a, b in zip(cached, ids):
-            if a != b:
-                break
-            keep += 1
-        keep = min(keep, len(ids) - 1)  # feed at least one token: its logits start the answer
-        self.mask[slot, columns[keep:]] = 0
-        return ids[keep:]
-
-    def keep(self, rows: Sequence[int]) -> None:
-        """Keep only the conversations `rows` (finished episodes leave the batch), renumbered in that
-        order; their slots are compacted at the next turn."""
-        import torch
-
-        self.slots = self.slots[torch.tensor(list(rows), dtype=torch.long, device=self.device)]
-
-
-def run_episodes(model, tokenizer, episodes: Sequence[Episode], verifier: Verifier, turns: int,
-                 decoding: Decoding = Decoding(), batch_size: int = 256, log=None, workers: int = 1) -> list[dict]:
+def run_episodes(model, tokenizer, episodes: Sequence[Episode], protocol: Protocol, *,
+                 log: Callable[[str], object] | None = None, workers: int = 1) -> list[dict]:
     """Play every episode to the end; one result row per episode, in the order given.
 
     `workers` > 1, for a model on the CPU under greedy decoding: the episodes are shared out over that many
@@ -332,6 +49,7 @@ def run_episodes(model, tokenizer, episodes: Sequence[Episode], verifier: Verifi
     machine's core count."""
     import torch
 
+    decoding, size = protocol.decoding, protocol.batch_size
     if decoding.do_sample:
         torch.manual_seed(decoding.seed)
     # Similar prompt lengths share a batch: less padding.
@@ -342,17 +60,20 @@ def run_episodes(model, tokenizer, episodes: Sequence[Episode], verifier: Verifi
         workers = 1
     workers = max(1, min(workers, len(order) // MIN_SHARE))
 
-    def play(share: Sequence[Episode]) -> dict[str, list]:
-        tries: dict[str, list] = {e.id: [] for e in share}
-        for start in range(0, len(share), batch_size):
-            _play(model, tokenizer, share[start : start + batch_size], prompts, verifier, turns, decoding, tries, log)
+    def play_share(share: Sequence[Episode]) -> dict[str, list]:
+        tries: dict[str, list] = {}
+        for start in range(0, len(share), size):
+            group = share[start : start + size]
+            played = play(model, tokenizer, group, protocol, first=[prompts[e.id] for e in group], log=log)
+            tries.update({e.id: [(t.answer, t.verdict) for t in ts] for e, ts in zip(group, played)})
         return tries
 
     if workers == 1:
-        tries = play(order)
+        tries = play_share(order)
     else:
-        tries = {k: v for part in _forked_map(play, [order[w::workers] for w in range(workers)]) for k, v in part.items()}
-    return [_row(e, tries[e.id]) for e in episodes]
+        shares = [order[w::workers] for w in range(workers)]
+        tries = {k: v for part in _forked_map(play_share, shares) for k, v in part.items()}
+    return [result_row(e, tries[e.id]) for e in episodes]
 
 
 # The fewest episodes worth a worker of their own (a judgement, not a measurement): below it, one more
@@ -421,100 +142,54 @@ def _forked_map(fn, items: Sequence) -> list:
             process.join()
 
 
-def _play(model, tokenizer, group: Sequence[Episode], prompts: Mapping[str, list[int]], verifier: Verifier,
-          turns: int, decoding: Decoding, tries: dict[str, list], log) -> None:
-    """One batch of episodes through all its turns (the first from the encoded `prompts`); a solved
-    episode leaves the batch."""
-    batch = Batch(model, tokenizer, decoding)
+def play(model, tokenizer, group: Sequence[Episode], protocol: Protocol, *,
+         first: Sequence[list[int]] | None = None, log: Callable[[str], object] | None = None) -> list[list[Try]]:
+    """One batch of episodes through all its turns, advancing together; a solved episode leaves the batch.
+    Returns each episode's tries. `first`: the first turn's token ids when already encoded. The one loop of
+    the multi-turn protocol: evaluation plays greedy, PPO's rollouts sample."""
+    batch = Batch(model, tokenizer, protocol.decoding)
     chats = [[{"role": "user", "content": e.prompt}] for e in group]
+    played: list[list[Try]] = [[] for _ in group]
     active = list(range(len(group)))
-    for turn in range(1, turns + 1):
-        ids = [prompts[e.id] for e in group] if turn == 1 else encode_all(tokenizer, [chats[i] for i in active])
+    for turn in range(1, protocol.turns + 1):
+        ids = list(first) if turn == 1 and first is not None else encode_all(tokenizer, [chats[i] for i in active])
         answers = batch.turn(ids)
         still = []
-        for row, (i, answer) in enumerate(zip(active, answers)):
-            verdict = verifier(answer, group[i].values)
-            tries[group[i].id].append((answer, verdict))
+        for row, (i, prompt, answer, answer_ids) in enumerate(zip(active, ids, answers, batch.answer_ids)):
+            verdict = protocol.verifier(answer, group[i].values)
+            played[i].append(Try(prompt, answer, answer_ids, verdict))
             if not verdict.correct:
                 chats[i] += [{"role": "assistant", "content": answer}, {"role": "user", "content": verdict.feedback}]
                 still.append(row)
         if log:
             log(f"turn {turn}: {len(active)} episodes, {len(active) - len(still)} solved")
-        if not still or turn == turns:
+        if not still or turn == protocol.turns:
             break
         batch.keep(still)
         active = [active[row] for row in still]
+    return played
 
 
-def run_episodes_one_at_a_time(model, tokenizer, episodes: Sequence[Episode], verifier: Verifier, turns: int,
-                                decoding: Decoding = Decoding()) -> list[dict]:
-    """The anchors' way, the reference the engine must match: one episode at a time, one `generate` per
-    try over the whole conversation, no batching and no cache kept between tries."""
+def run_episodes_one_at_a_time(model, tokenizer, episodes: Sequence[Episode], protocol: Protocol) -> list[dict]:
+    """The one-at-a-time reference the engine must match (the way the papers' public code evaluates): one
+    episode at a time, one `generate` per try over the whole conversation, no batching and no cache kept
+    between tries."""
     import torch
 
-    rows = []
+    decoding, rows = protocol.decoding, []
     for e in episodes:
         chat, tries = [{"role": "user", "content": e.prompt}], []
-        for _ in range(turns):
+        for _ in range(protocol.turns):
             ids = torch.tensor([encode(tokenizer, chat)], device=model.device)
             with torch.inference_mode():
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                      max_new_tokens=decoding.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                      eos_token_id=tokenizer.eos_token_id, **decoding.generate_kwargs())
             answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
-            verdict = verifier(answer, e.values)
+            verdict = protocol.verifier(answer, e.values)
             tries.append((answer, verdict))
             if verdict.correct:
                 break
             chat = chat + [{"role": "assistant", "content": answer}, {"role": "user", "content": verdict.feedback}]
-        rows.append(_row(e, tries))
+        rows.append(result_row(e, tries))
     return rows
-
-
-def _row(e: Episode, tries: list) -> dict:
-    first = tries[0][1]
-    return {
-        "episode": e.id,
-        "rule": e.rule,
-        "cards": list(e.cards),
-        "values": list(e.values),
-        "tries": len(tries),
-        "answers": [a for a, _ in tries],
-        "categories": [v.category for _, v in tries],
-        "rewards": [v.reward for _, v in tries],
-        "correct": tries[-1][1].correct,
-        "first_correct": first.correct,
-        "first_category": first.category,
-        "format_error": first.category in FORMAT_ERRORS,
-        "value_mapping": first.restated == e.values,
-    }
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def summarize(rows: Sequence[Mapping]) -> dict[str, dict]:
-    """Per rule: accuracy within the tries (Wilson interval), pass@1, format errors, value mapping."""
-    out = {}
-    for rule in sorted({r["rule"] for r in rows}):
-        sel = [r for r in rows if r["rule"] == rule]
-        n, k = len(sel), sum(r["correct"] for r in sel)
-        low, high = wilson(k, n)
-        out[rule] = {
-            "n_episodes": n,
-            "accuracy": k / n,
-            "accuracy_low": low,
-            "accuracy_high": high,
-            "pass_at_1": sum(r["first_correct"] for r in sel) / n,
-            "format_error_rate": sum(r["format_error"] for r in sel) / n,
-            "value_mapping_accuracy": sum(r["value_mapping"] for r in sel) / n,
-            "mean_tries": sum(r["tries"] for r in sel) / n,
-        }
-    return out

@@ -23,7 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlheals import evaluate, launch, models, runlog, sft
+from rlheals import checkpoints, episodes, evaluate, launch, models, runlog
+from rlheals.episodes import Episode
+from rlheals.jobs import Job, Task
 from rlheals.verify import Verifier
 
 
@@ -122,31 +124,6 @@ def _forward(model, head, steps: Sequence[Step], temperature: float, pad: int):
     return logprobs, mask, head(last_prompt.float()).squeeze(-1)
 
 
-def rollout(model, tokenizer, episodes: Sequence[evaluate.Episode], verifier: Verifier, turns: int,
-            temperature: float, max_new_tokens: int) -> list[list[Step]]:
-    """Play each episode with sampling; the tries of each episode as Steps (rewards filled in)."""
-    decoding = evaluate.Decoding(do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens)
-    batch = evaluate.Batch(model, tokenizer, decoding)
-    chats = [[{"role": "user", "content": e.prompt}] for e in episodes]
-    played: list[list[Step]] = [[] for _ in episodes]
-    active = list(range(len(episodes)))
-    for turn in range(1, turns + 1):
-        prompts = [evaluate.encode(tokenizer, chats[i]) for i in active]
-        answers = batch.turn(prompts)
-        still = []
-        for row, (i, prompt, answer, ids) in enumerate(zip(active, prompts, answers, batch.answer_ids)):
-            verdict = verifier(answer, episodes[i].values)
-            played[i].append(Step(prompt, ids or [tokenizer.eos_token_id], verdict.reward, verdict.category))
-            if not verdict.correct:
-                chats[i] += [{"role": "assistant", "content": answer}, {"role": "user", "content": verdict.feedback}]
-                still.append(row)
-        if not still or turn == turns:
-            break
-        batch.keep(still)
-        active = [active[row] for row in still]
-    return played
-
-
 class PPO:
     """Policy (the causal LM), value head, optimiser; `update` runs one rollout-and-train round."""
 
@@ -178,15 +155,17 @@ class PPO:
         if settings.get("deepspeed"):
             self.engine, self.optimizer = sharded(model, self.optimizer, settings, self.minibatch)
 
-    def update(self, episodes: Sequence[evaluate.Episode]) -> list[Step]:
-        """Roll out `episodes`, then `epochs` passes of minibatch PPO over their tries."""
+    def update(self, hands: Sequence[Episode]) -> list[Step]:
+        """Roll out `hands` (sampling), then `epochs` passes of minibatch PPO over their tries."""
         import torch
 
         s, p = self.settings, self.ppo
         self.model.eval()
         with torch.no_grad():
-            played = rollout(self.model, self.tokenizer, episodes, self.verifier, s["verify_turns"],
-                             s["temperature"], s["max_new_tokens"])
+            decoding = evaluate.Decoding(do_sample=True, temperature=s["temperature"], max_new_tokens=s["max_new_tokens"])
+            protocol = evaluate.Protocol(self.verifier, s["verify_turns"], decoding)
+            played = [[Step(t.prompt_ids, t.answer_ids or [self.tokenizer.eos_token_id], t.verdict.reward, t.verdict.category)
+                       for t in tries] for tries in evaluate.play(self.model, self.tokenizer, hands, protocol)]
             steps = [step for episode in played for step in episode]
             for chunk in _chunks(steps, p["minibatch"]):
                 logprobs, mask, values = _forward(self.model, self.head, chunk, s["temperature"], self.tokenizer.pad_token_id)
@@ -323,7 +302,7 @@ class PPO:
         self.stats["clip_share"] += clip_share
 
 
-STATE = "ppo_state.pt"  # a checkpoint's training state (sft.TRAINING_STATE keeps it out of published models)
+STATE = "ppo_state.pt"  # a checkpoint's training state (checkpoints.TRAINING_STATE keeps it out of published models)
 DEEPSPEED = "deepspeed"  # a checkpoint's subdirectory of DeepSpeed's optimizer shards
 
 
@@ -347,65 +326,56 @@ def _chunks(items: Sequence, size: int):
         yield items[start : start + size]
 
 
-def run(start: Path, rows: Sequence[Mapping], rules, fmt: str, settings: Mapping, verifier: Verifier, probe,
-        outputs: Mapping[int, Path], seed: int, threads: int, log=print, work: Path | None = None) -> list[dict]:
-    """PPO from the model at `start` for `settings['updates']` updates on the hands in `rows`, publishing
-    each update in `outputs`. Checkpoints as the Trainer runs do (each output update and every tenth of the
-    run) and resumes from the newest one in `work`: the same updates as an uninterrupted run, bit for bit.
-    Without `work` (benchmarks), the checkpoints go to a temporary directory."""
+def run(*, job: Job, task: Task, settings: Mapping) -> list[dict]:
+    """PPO from `job.start` for `settings['updates']` updates on the hands in `task.train`, publishing each
+    update in `job.outputs`. Checkpoints as the Trainer runs do (each output update and every tenth of the
+    run) and resumes from the newest one in `job.work`: the same updates as an uninterrupted run, bit for
+    bit."""
     import torch
 
     from rlheals import rl
 
-    if work is None:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            return run(start, rows, rules, fmt, settings, verifier, probe, outputs, seed, threads, log, Path(tmp))
-
-    torch.set_num_threads(threads)
+    torch.set_num_threads(job.threads)
     launch.join_workers()
-    rl.seed_everything(seed)
-    model = models.load_model(start, dtype=torch.float32).to(launch.device())
-    tokenizer = models.load_tokenizer(start)
-    main = launch.is_main()
-    trainer = PPO(model, tokenizer, settings, verifier, seed)
+    rl.seed_everything(job.seed)
+    model = models.load_model(job.start, dtype=torch.float32).to(launch.device())
+    tokenizer = models.load_tokenizer(job.start)
+    main, work, log, probe = launch.is_main(), job.work, job.log, task.probe
+    trainer = PPO(model, tokenizer, settings, task.verifier, job.seed)
     log(f"workers: {launch.world_size()}; deepspeed: {'enabled (' + settings['deepspeed'] + ')' if trainer.engine else 'no'}")
     per_update, samples, updates = settings["prompts_per_update"], settings["num_generations"], settings["updates"]
     if per_update * samples < launch.world_size():
         raise ValueError(f"config keys rl.prompts_per_update x rl.num_generations: {per_update * samples} episodes per "
                          f"update do not give each of {launch.world_size()} workers one")
+    rows = task.train
     order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    work.mkdir(parents=True, exist_ok=True)
-    resume = sft.last_checkpoint(work)
-    if main:
-        sft.republish(outputs, work)
+    random.Random(job.seed).shuffle(order)
+    resume = checkpoints.resume_point(job.outputs, work)
     if resume:
         log(f"resuming from {resume}")
-        done, log_rows = trainer.load(resume), rl.load_rows(work, sft.step_of(resume))
+        done, log_rows = trainer.load(resume), checkpoints.load_rows(work, checkpoints.step_of(resume))
     else:
         done, log_rows = 0, [{"update": 0, **probe(model, tokenizer)}] if main else []
         if main:
-            rl.save_rows(work, log_rows)
-    every = sft.checkpoint_every(updates)
+            checkpoints.save_rows(work, log_rows)
+    every = checkpoints.checkpoint_every(updates)
     for update in range(done + 1, updates + 1):
         # As GRPO: `prompts_per_update` hands, each played `num_generations` times.
         hands = [rows[order[((update - 1) * per_update + i) % len(order)]] for i in range(per_update)]
         picked = [hand for hand in hands for _ in range(samples)]
         mine = picked[launch.rank() :: launch.world_size()]  # each worker plays its share
-        steps = trainer.update(evaluate.episodes_from_rows(mine, rules, fmt))
+        steps = trainer.update(episodes.from_rows(mine, task.rules, task.fmt))
         scored = [pair for share in launch.gather_objects([(t.category, t.reward) for t in steps]) for pair in share]
         if main:
             row = {"update": update, **rl.verdict_summary(scored), **trainer.stats}
             if update % settings["probe"]["every"] == 0 or update == updates:
                 row.update(probe(model, tokenizer))
             log_rows.append(row)
-            rl.save_rows(work, log_rows)
+            checkpoints.save_rows(work, log_rows)
             log(f"update {update}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if k != "update"))
         runlog.fault_point(update)
-        if update in outputs or update % every == 0:
+        if update in job.outputs or update % every == 0:
             trainer.save(work / f"checkpoint-{update}", update)
             if main:
-                sft.after_checkpoint(work, update, outputs, log)
+                checkpoints.after_checkpoint(work, update, job.outputs, log)
     return log_rows

@@ -1,20 +1,20 @@
 """RL from an SFT checkpoint on the ID rule, rewarded by the verifier: GRPO and RLOO through TRL, the
 paper's PPO (rlheals.ppo), and the continued-SFT control. Shared here: the reward function, the prompt
 dataset, the OOD/ID probe that runs during training, and the per-update log (kept in the work directory
-with the checkpoints of sft.checkpoints_callback, so that a killed run resumes where it was)."""
+with the checkpoints of callbacks.Checkpoints, so that a killed run resumes where it was)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rlheals import cards, evaluate, launch, models, runlog
+from rlheals import cards, checkpoints, episodes, evaluate, launch, model_ids, models
+from rlheals.jobs import Job, Task
 from rlheals.verify import CATEGORIES, Verifier
 
 TRL_ALGOS = ("grpo", "rloo")
-CONTROL = "sft_continue"
+CONTROL = model_ids.CONTROL
 
 
 def completion_text(completion) -> str:
@@ -75,11 +75,11 @@ def prompt_rows(rows: Sequence[Mapping], rules: Mapping[str, cards.Rule], fmt: s
 
 class Probe:
     """ID and OOD accuracy on a small fixed set of test episodes (greedy, the evaluation protocol), run
-    every few updates: the anchors switched this monitoring off."""
+    every few updates, so that a run's log shows OOD accuracy moving during RL, not only at its end."""
 
-    def __init__(self, episodes: Sequence[evaluate.Episode], verifier: Verifier, turns: int, max_new_tokens: int):
-        self.episodes, self.verifier, self.turns = list(episodes), verifier, turns
-        self.decoding = evaluate.Decoding(max_new_tokens=max_new_tokens)
+    def __init__(self, hands: Sequence[episodes.Episode], verifier: Verifier, turns: int, max_new_tokens: int):
+        self.hands = list(hands)
+        self.protocol = evaluate.Protocol(verifier, turns, evaluate.Decoding(max_new_tokens=max_new_tokens))
 
     def __call__(self, model, tokenizer) -> dict:
         import torch
@@ -87,22 +87,10 @@ class Probe:
         training = model.training
         model.eval()
         state = torch.random.get_rng_state()  # probing must not change the run's sampling
-        rows = evaluate.run_episodes(model, tokenizer, self.episodes, self.verifier, self.turns, self.decoding)
+        rows = evaluate.run_episodes(model, tokenizer, self.hands, self.protocol)
         torch.random.set_rng_state(state)
         model.train(training)
-        return {f"probe_{rule}_accuracy": s["accuracy"] for rule, s in evaluate.summarize(rows).items()}
-
-
-def load_rows(work: Path, upto: int) -> list[dict]:
-    """The log rows a killed run had written, up to the update it resumes from."""
-    path = work / "update_log.json"
-    return [r for r in json.loads(path.read_text()) if r["update"] <= upto] if upto and path.exists() else []
-
-
-def save_rows(work: Path, rows: Sequence[Mapping]) -> None:
-    """The log rows so far, rewritten at every update (JSON keeps floats exact and, unsorted, the column
-    order: a resumed run's log equals an uninterrupted one's)."""
-    runlog.write_atomic(work / "update_log.json", lambda tmp: tmp.write_text(json.dumps(list(rows))))
+        return {f"probe_{rule}_accuracy": s["accuracy"] for rule, s in episodes.summarize(rows).items()}
 
 
 def seed_everything(seed: int) -> None:
@@ -113,14 +101,12 @@ def seed_everything(seed: int) -> None:
 
 def trl_config(algo: str, settings: Mapping, work: Path, seed: int):
     """GRPOConfig / RLOOConfig: one update = `prompts_per_update` prompts x `num_generations` samples,
-    one optimizer step on them, flags that are right on a CPU (STACK.md)."""
-    import torch
+    one optimizer step on them, and the shared device flags."""
     from trl import GRPOConfig, RLOOConfig
 
-    on_gpu = torch.cuda.is_available()
     config_class = GRPOConfig if algo == "grpo" else RLOOConfig
     return config_class(
-        output_dir=str(work),
+        **launch.trainer_flags(work, seed, settings["bf16"], settings.get("deepspeed")),
         max_steps=settings["updates"],
         per_device_train_batch_size=launch.per_device_batch(
             settings["prompts_per_update"] * settings["num_generations"], 1, "rl.prompts_per_update"),
@@ -135,101 +121,77 @@ def trl_config(algo: str, settings: Mapping, work: Path, seed: int):
         max_grad_norm=settings["max_grad_norm"],
         beta=settings["kl_coef"],
         num_iterations=1,
-        seed=seed,
-        data_seed=seed,
         logging_steps=1,
-        save_strategy="no",  # checkpoints: sft.checkpoints_callback
-        bf16=on_gpu and settings["bf16"],
-        use_cpu=not on_gpu,
-        activation_checkpointing=False,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        deepspeed=launch.deepspeed_config(settings.get("deepspeed")),
     )
 
 
-def make_callback(reward: Reward | None, probe: Probe, probe_every: int, tokenizer, log_rows: list, work: Path, log):
-    """After each update: a log row (reward, categories, the probe every `probe_every` updates and at the
-    end), kept in `work` for a resumed run. `log_rows` holds the rows of a resumed run so far."""
-    from transformers import TrainerCallback
+def run(algo: str, *, job: Job, task: Task, settings: Mapping, sft_settings: Mapping | None = None) -> list[dict]:
+    """One RL run of `algo` (grpo | rloo | ppo, or the control sft_continue, which trains with
+    `sft_settings`) from `job.start` on `task.train`, publishing each update in `job.outputs` and resuming
+    from `job.work`; returns the per-update log rows."""
+    if algo in TRL_ALGOS:
+        return run_trl(algo, job=job, task=task, settings=settings)
+    if algo == "ppo":
+        from rlheals import ppo
 
-    class UpdateLog(TrainerCallback):
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            if not log_rows:  # a resumed run has its rows from before the kill
-                log_rows.append({"update": 0, **probe(model, tokenizer)})
-                if state.is_world_process_zero:
-                    save_rows(work, log_rows)
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            update = state.global_step
-            row = {"update": update, **(reward.drain() if reward else {})}
-            if update % probe_every == 0 or update == args.max_steps:
-                row.update(probe(model, tokenizer))
-            log_rows.append(row)
-            if state.is_world_process_zero:
-                save_rows(work, log_rows)
-            log(f"update {update}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if k != "update"))
-
-    return UpdateLog()
+        return ppo.run(job=job, task=task, settings=settings)
+    if algo == CONTROL:
+        if sft_settings is None:
+            raise ValueError("the continued-SFT control needs the sft settings")
+        return run_control(job=job, task=task, settings=settings, sft_settings=sft_settings)
+    raise ValueError(f"unknown RL algo {algo!r} (one of {[*TRL_ALGOS, 'ppo', CONTROL]})")
 
 
-def run_trl(algo: str, start: Path, rows: Sequence[Mapping], rules, fmt: str, settings: Mapping, verifier: Verifier,
-            probe: Probe, outputs: Mapping[int, Path], work: Path, seed: int, threads: int, log=print) -> list[dict]:
-    """GRPO or RLOO from the model at `start`; publishes each update in `outputs`; returns the log rows.
-    Resumes from the newest checkpoint in `work` (the Trainer restores optimizer, scheduler and RNG)."""
+def run_trl(algo: str, *, job: Job, task: Task, settings: Mapping) -> list[dict]:
+    """GRPO or RLOO; the Trainer restores optimizer, scheduler and RNG on resume."""
     import datasets
     import torch
+    from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer, RLOOTrainer
 
-    from rlheals import sft
+    from rlheals.callbacks import Checkpoints, UpdateLog
 
     datasets.disable_progress_bars()
-    torch.set_num_threads(threads)
-    seed_everything(seed)
-    model = models.load_model(start, dtype=torch.float32)
-    tokenizer = models.load_tokenizer(start)
-    reward = Reward(verifier)
-    work.mkdir(parents=True, exist_ok=True)
-    resume = sft.last_checkpoint(work)
-    if launch.is_main():
-        sft.republish(outputs, work)
-    log_rows = load_rows(work, sft.step_of(resume))
+    torch.set_num_threads(job.threads)
+    seed_everything(job.seed)
+    model = models.load_model(job.start, dtype=torch.float32)
+    tokenizer = models.load_tokenizer(job.start)
+    reward = Reward(task.verifier)
+    resume = checkpoints.resume_point(job.outputs, job.work)
+    log_rows = checkpoints.load_rows(job.work, checkpoints.step_of(resume))
     trainer_class = GRPOTrainer if algo == "grpo" else RLOOTrainer
     trainer = trainer_class(
         model=model,
         reward_funcs=[reward],
-        args=trl_config(algo, settings, work, seed),
-        train_dataset=datasets.Dataset.from_list(prompt_rows(rows, rules, fmt)),
+        args=trl_config(algo, settings, job.work, job.seed),
+        train_dataset=datasets.Dataset.from_list(prompt_rows(task.train, task.rules, task.fmt)),
         processing_class=tokenizer,
-        callbacks=[make_callback(reward, probe, settings["probe"]["every"], tokenizer, log_rows, work, log),
-                   sft.checkpoints_callback(settings["updates"], work, outputs, log)],
     )
-    from transformers.trainer_callback import PrinterCallback
-
+    for callback in (UpdateLog(reward, task.probe, settings["probe"]["every"], tokenizer, log_rows, job.work, job.log),
+                     Checkpoints(trainer, settings["updates"], job.work, job.outputs, job.log)):
+        trainer.add_callback(callback)
     trainer.remove_callback(PrinterCallback)
-    log(f"workers: {launch.world_size()}; deepspeed enabled: {trainer.is_deepspeed_enabled}")
+    job.log(f"workers: {launch.world_size()}; deepspeed enabled: {trainer.is_deepspeed_enabled}")
     if resume:
-        log(f"resuming from {resume}")
-    sft.train(trainer, work, resume)
+        job.log(f"resuming from {resume}")
+    checkpoints.train(trainer, job.work, resume)
     return log_rows
 
 
-def run_control(start: Path, rows: Sequence[Mapping], id_rows, ood_rows, rules, fmt: str, sft_settings: Mapping,
-                settings: Mapping, probe: Probe, outputs: Mapping[int, Path], work: Path, seed: int, threads: int,
-                log=print) -> list[dict]:
-    """The control arm: SFT continued from `start` on the RL run's hands, with as many optimizer steps of
-    `prompts_per_update` hands as the RL run has updates, so it sees the same hands the same number of
+def run_control(*, job: Job, task: Task, settings: Mapping, sft_settings: Mapping) -> list[dict]:
+    """The control arm: SFT continued from `job.start` on the RL run's hands, with as many optimizer steps
+    of `prompts_per_update` hands as the RL run has updates, so it sees the same hands the same number of
     times. Without it "RL heals" cannot be told from "RL merely stops SFT's drift"."""
     from rlheals import sft
+    from rlheals.callbacks import UpdateLog
 
     continued = {**sft_settings, "max_steps": settings["updates"], "batch_size": settings["prompts_per_update"],
-                 "grad_accum": 1, "seed": seed, "logging_steps": settings["probe"]["every"],
+                 "grad_accum": 1, "logging_steps": settings["probe"]["every"],
                  "eval_examples": settings["probe"]["episodes"]}
-    resume = sft.last_checkpoint(work)
-    probe_rows = load_rows(work, sft.step_of(resume))
-    callback = make_callback(None, probe, settings["probe"]["every"], models.load_tokenizer(start), probe_rows, work, log)
-    losses = sft.run(start, rows, id_rows, ood_rows, rules, fmt, continued, outputs, work, threads, log, [callback])
+    probe_rows = checkpoints.load_rows(job.work, checkpoints.step_of(checkpoints.last_checkpoint(job.work)))
+    callback = UpdateLog(None, task.probe, settings["probe"]["every"], models.load_tokenizer(job.start), probe_rows,
+                         job.work, job.log)
+    losses = sft.run(job=job, task=task, settings=continued, callbacks=[callback])
     by_update = {r["update"]: r for r in probe_rows}
     for loss in losses:
         by_update.setdefault(loss["step"], {"update": loss["step"]}).update(

@@ -7,16 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rlheals import cards, launch, models, runlog
-
-# Files of a Trainer checkpoint that are training state, not part of the model directory.
-TRAINING_STATE = re.compile(r"optimizer\.pt|scheduler\.pt|rng_state.*\.pth|ppo_state\.pt|trainer_state\.json|training_args\.bin|latest|zero_to_fp32\.py")
-RESUME_CHECKPOINTS = 10  # resume checkpoints per run
-
+from rlheals import cards, checkpoints, launch, models, runlog
+from rlheals.jobs import Job, Task
 
 def conversations(rows: Sequence[Mapping], rules: Mapping[str, cards.Rule], fmt: str) -> list[dict]:
     """Dataset rows as TRL prompt-completion conversations (the loss falls on the completion only)."""
@@ -53,75 +48,13 @@ def freeze(model, specs: Sequence[Mapping]) -> list[str]:
     return frozen
 
 
-def publish(src: Path, out: Path, work: Path) -> None:
-    """Publish a checkpoint's model files (not its training state) as `out`, through a copy kept in the
-    work directory: when the job is killed after this, its rerun publishes `out` again from the copy."""
-    kept = work / "models" / out.name
-    models.link_or_copy_tree(src, kept, skip=TRAINING_STATE)
-    models.link_or_copy_tree(kept, out)
-
-
-def republish(outputs: Mapping[int, Path], work: Path) -> None:
-    """Outputs published before a kill (snakemake removes a failed job's outputs): again, from the work dir."""
-    for out in outputs.values():
-        if (work / "models" / out.name).exists() and not out.exists():
-            models.link_or_copy_tree(work / "models" / out.name, out)
-
-
-_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-
-
-# Written last into a checkpoint: it is complete and its outputs are published. A dotfile: never in a
-# checksum manifest (PPO's checkpoints are model directories) nor in a published model.
-RESUME = ".resume.json"
-
-
-def last_checkpoint(work: Path) -> Path | None:
-    """The newest complete checkpoint (after_checkpoint marks it so, last)."""
-
-    def complete(path: Path) -> bool:
-        try:
-            return isinstance(json.loads((path / RESUME).read_text()), dict)
-        except (OSError, ValueError):
-            return False
-
-    found = [p for p in work.glob("checkpoint-*") if _CHECKPOINT.fullmatch(p.name) and complete(p)]
-    return max(found, key=step_of, default=None)
-
-
-def step_of(checkpoint: Path | None) -> int:
-    """The step of a checkpoint-{step} directory; 0 for none."""
-    return int(checkpoint.name.split("-")[1]) if checkpoint else 0
-
-
-def checkpoint_every(max_steps: int) -> int:
-    """Resume checkpoints (beyond the published steps) every tenth of a run: a kill loses at most that."""
-    return max(1, max_steps // RESUME_CHECKPOINTS)
-
-
-def after_checkpoint(work: Path, step: int, outputs: Mapping[int, Path], log, state: Mapping | None = None) -> None:
-    """Once checkpoint-{step} is written: publish it if `step` is an output, then mark it complete (with
-    `state`, what the trainer needs beyond the checkpoint), then drop older checkpoints. A kill anywhere in
-    between leaves a complete checkpoint to resume from, whose outputs were published."""
-    checkpoint = work / f"checkpoint-{step}"
-    if step in outputs:
-        publish(checkpoint, outputs[step], work)
-        log(f"published {outputs[step]}")
-    runlog.write_json_atomic(dict(state or {}), checkpoint / RESUME)
-    for old in work.glob("checkpoint-*"):  # keep only the newest checkpoint for resume
-        if old != checkpoint:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def training_args(settings: Mapping, work: Path, threads: int, held_out: bool = True):
-    """SFTConfig from the `sft` config slice, with flags that are right on a CPU (STACK.md). With
-    `held_out`, the held-out sets are evaluated at every logging step."""
-    import torch
+def training_args(settings: Mapping, work: Path, held_out: bool = True):
+    """SFTConfig from the `sft` config slice and the shared device flags. With `held_out`, the held-out
+    sets are evaluated at every logging step."""
     from trl import SFTConfig
 
-    on_gpu = torch.cuda.is_available()
     return SFTConfig(
-        output_dir=str(work),
+        **launch.trainer_flags(work, settings["seed"], settings["bf16"], settings.get("deepspeed")),
         max_steps=settings["max_steps"],
         per_device_train_batch_size=launch.per_device_batch(settings["batch_size"], settings["grad_accum"], "batch_size"),
         gradient_accumulation_steps=settings["grad_accum"],
@@ -134,25 +67,13 @@ def training_args(settings: Mapping, work: Path, threads: int, held_out: bool = 
         adam_epsilon=settings["adam_epsilon"],
         weight_decay=settings["weight_decay"],
         max_grad_norm=settings["max_grad_norm"],
-        seed=settings["seed"],
-        data_seed=settings["seed"],
         logging_steps=settings["logging_steps"],
         eval_strategy="steps" if held_out else "no",
         eval_steps=settings["logging_steps"],
-        save_strategy="no",  # checkpoints: checkpoints_callback
         max_length=settings["max_length"],
         completion_only_loss=True,
         packing=False,
-        bf16=on_gpu and settings["bf16"],
-        fp16=False,
-        use_cpu=not on_gpu,
-        activation_checkpointing=False,  # 30-60% slower on a CPU for small models
-        dataloader_num_workers=0,
-        report_to="none",
-        disable_tqdm=True,
-        deepspeed=launch.deepspeed_config(settings.get("deepspeed")),
         save_only_model=False,
-        torch_compile=False,
     )
 
 
@@ -171,67 +92,6 @@ def trainer_class():
     return LeanSFTTrainer
 
 
-def checkpoints_callback(max_steps: int, work: Path, outputs: Mapping[int, Path], log):
-    """For a Trainer run in `work`: a checkpoint at each output step and every tenth of the run (for
-    resume), each output published from its checkpoint, and the fault hook at the end of every step.
-    The train loss summed since the last logged step is kept with a checkpoint and put back on resume
-    (else the first loss logged after a resume would average fewer steps); `train` hands it the trainer."""
-    import torch
-    from transformers import TrainerCallback
-
-    every = checkpoint_every(max_steps)
-
-    class Checkpoints(TrainerCallback):
-        trainer = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            resumed = work / f"checkpoint-{state.global_step}" / RESUME
-            saved = json.loads(resumed.read_text()) if state.global_step and resumed.exists() else {}
-            if "tr_loss" in saved and hasattr(self.trainer, "_tr_loss"):  # this worker's own sum
-                mine = saved["tr_loss"][launch.rank()] if isinstance(saved["tr_loss"], list) else saved["tr_loss"]
-                self.trainer._tr_loss = torch.tensor(mine, dtype=self.trainer._tr_loss.dtype,
-                                                     device=self.trainer._tr_loss.device)
-                self.trainer._globalstep_last_logged = saved["last_logged"]
-
-        def on_step_end(self, args, state, control, **kwargs):
-            runlog.fault_point(state.global_step)
-            if state.global_step in outputs or state.global_step % every == 0:
-                control.should_save = True
-            return control
-
-        def on_save(self, args, state, control, **kwargs):
-            kept = {}
-            if hasattr(self.trainer, "_tr_loss"):  # transformers' private logging state (5.x), every worker's
-                kept = {"tr_loss": launch.gather_objects(float(self.trainer._tr_loss)),
-                        "last_logged": self.trainer._globalstep_last_logged}
-            if state.is_world_process_zero:  # one process publishes (several train)
-                after_checkpoint(work, state.global_step, outputs, log, kept)
-
-    return Checkpoints()
-
-
-def train(trainer, work: Path, resume: Path | None) -> None:
-    """trainer.train, from `resume` if there is one; a full or read-only disk under the checkpoints is said so."""
-    for callback in trainer.callback_handler.callbacks:
-        if hasattr(callback, "trainer"):
-            callback.trainer = trainer
-    with runlog.writing(work):
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-
-
-def losses_callback(log):
-    """Train and held-out losses and the learning rate in the job log, at every logging step."""
-    from transformers import TrainerCallback
-
-    class LogLosses(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            shown = {k: v for k, v in (logs or {}).items() if k.endswith("loss") or k == "learning_rate"}
-            if shown:
-                log(f"step {state.global_step}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
-
-    return LogLosses()
-
-
 def loss_table(log_history: Sequence[Mapping]) -> list[dict]:
     """Trainer log history -> one row per logged step: train loss, held-out ID and OOD loss, lr."""
     by_step: dict[int, dict] = {}
@@ -244,44 +104,47 @@ def loss_table(log_history: Sequence[Mapping]) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings: Mapping,
-        outputs: Mapping[int, Path], work: Path, threads: int, log=print, callbacks=()) -> list[dict]:
-    """Train, publishing every step in `outputs`; resume from `work` if an earlier run was killed.
+def run(*, job: Job, task: Task, settings: Mapping, callbacks=()) -> list[dict]:
+    """Train from `job.start` on `task.train` (held-out losses on `task.id_test` / `task.ood_test`),
+    publishing every step in `job.outputs`; resume from `job.work` if an earlier run was killed.
     `callbacks`: more TrainerCallbacks (the RL control's probe)."""
     import datasets
     import torch
+    from transformers.trainer_callback import PrinterCallback
+
+    from rlheals.callbacks import Checkpoints, LogLosses
 
     datasets.disable_progress_bars()  # the job log gets our per-step lines instead
-    torch.set_num_threads(threads)
+    torch.set_num_threads(job.threads)
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    settings = {**settings, "seed": job.seed}
+    work, log = job.work, job.log
     work.mkdir(parents=True, exist_ok=True)
     main = launch.is_main()  # of several workers, one writes what they share
     if main:
         (work / "settings.json").write_text(json.dumps(settings, sort_keys=True))
-        if 0 in outputs:  # step 0 is the base model itself
-            publish(base_dir, outputs[0], work)
-        republish(outputs, work)
-    resume = last_checkpoint(work)
+        if 0 in job.outputs:  # step 0 is the base model itself
+            checkpoints.publish(job.start, job.outputs[0], work)
+    resume = checkpoints.resume_point(job.outputs, work)
 
-    model = models.load_model(base_dir, dtype=torch.float32)
-    tokenizer = models.load_tokenizer(base_dir)
+    model = models.load_model(job.start, dtype=torch.float32)
+    tokenizer = models.load_tokenizer(job.start)
     frozen = freeze(model, settings["freeze"])
     if frozen:
         log(f"frozen: {len(frozen)} tensors ({frozen[0]} ...)")
     n_eval = settings["eval_examples"]
     trainer = trainer_class()(
         model=model,
-        args=training_args(settings, work, threads),
-        train_dataset=datasets.Dataset.from_list(conversations(train_rows, rules, fmt)),
+        args=training_args(settings, work),
+        train_dataset=datasets.Dataset.from_list(conversations(task.train, task.rules, task.fmt)),
         eval_dataset={
-            "id": datasets.Dataset.from_list(conversations(id_rows[:n_eval], rules, fmt)),
-            "ood": datasets.Dataset.from_list(conversations(ood_rows[:n_eval], rules, fmt)),
+            "id": datasets.Dataset.from_list(conversations(task.id_test[:n_eval], task.rules, task.fmt)),
+            "ood": datasets.Dataset.from_list(conversations(task.ood_test[:n_eval], task.rules, task.fmt)),
         },
         processing_class=tokenizer,
-        callbacks=[checkpoints_callback(settings["max_steps"], work, outputs, log), losses_callback(log), *callbacks],
     )
-    from transformers.trainer_callback import PrinterCallback
-
+    for callback in (Checkpoints(trainer, settings["max_steps"], work, job.outputs, log), LogLosses(log), *callbacks):
+        trainer.add_callback(callback)
     trainer.remove_callback(PrinterCallback)  # our on_log callback logs instead of print()
     log(f"workers: {launch.world_size()}; deepspeed enabled: {trainer.is_deepspeed_enabled}; trainable tensors: "
         f"{sum(p.requires_grad for p in model.parameters())}/{len(list(model.parameters()))}")
@@ -293,5 +156,5 @@ def run(base_dir: Path, train_rows, id_rows, ood_rows, rules, fmt: str, settings
             runlog.write_json_atomic({**metrics, "step": 0}, step0)
     else:
         log(f"resuming from {resume}")
-    train(trainer, work, resume)
+    checkpoints.train(trainer, work, resume)
     return loss_table([*([json.loads(step0.read_text())] if main else []), *trainer.state.log_history])

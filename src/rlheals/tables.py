@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import polars as pl
 
-from rlheals import evaluate
-
-_MODEL_ID = re.compile(
-    r"(?P<stage>base)$|(?P<sft>sft)-(?P<sft_step>\d+)$"
-    r"|rl-(?P<algo>[a-z_]+)-(?P<rl_from>\d+)(?:-s(?P<seed>\d+))?(?:-u(?P<update>\d+))?$|edit-(?P<edit>\w+)$"
-)
-
-
-def parse_model_id(model_id: str) -> dict:
-    """base | sft-{step} | rl-{algo}-{sft step}[-s{seed}][-u{update}] | edit-{name} -> its fields."""
-    m = _MODEL_ID.match(model_id)
-    if m is None:
-        raise ValueError(f"not a model id: {model_id!r}")
-    g = m.groupdict()
-    if g["stage"]:
-        return {"stage": "base", "algo": None, "sft_step": 0, "rl_update": None, "seed": None}
-    if g["sft"]:
-        return {"stage": "sft", "algo": None, "sft_step": int(g["sft_step"]), "rl_update": None, "seed": None}
-    if g["algo"]:
-        return {"stage": "rl", "algo": g["algo"], "sft_step": int(g["rl_from"]),
-                "rl_update": int(g["update"]) if g["update"] else None, "seed": int(g["seed"]) if g["seed"] else None}
-    return {"stage": "edit", "algo": g["edit"], "sft_step": None, "rl_update": None, "seed": None}
+from rlheals import model_ids
+from rlheals.episodes import summarize
 
 
 def accuracy_table(episodes: Mapping[str, Sequence[Mapping]]) -> pl.DataFrame:
     """One row per (model, rule): accuracy with its 95% Wilson interval, pass@1, format errors, value mapping."""
     rows = []
     for model_id, results in episodes.items():
-        for rule, summary in evaluate.summarize(results).items():
-            rows.append({"model_id": model_id, **parse_model_id(model_id), "rule": rule, **summary})
+        for rule, summary in summarize(results).items():
+            rows.append({"model_id": model_id, **model_ids.parse(model_id), "rule": rule, **summary})
     schema = {"sft_step": pl.Int64, "rl_update": pl.Int64, "seed": pl.Int64, "algo": pl.String}
     return pl.DataFrame(rows, schema_overrides=schema).sort("stage", "sft_step", "model_id", "rule")
 
@@ -46,7 +25,7 @@ def rl_log_table(logs: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     (algos log different columns: missing ones are null)."""
     frames = []
     for run, frame in logs.items():
-        fields = parse_model_id(f"rl-{run}")
+        fields = model_ids.parse(f"rl-{run}")
         frames.append(frame.with_columns(pl.lit(run).alias("run"), pl.lit(fields["algo"]).alias("algo"),
                                          pl.lit(fields["sft_step"]).alias("sft_step"),
                                          pl.lit(fields["seed"] or 1).alias("seed")))
@@ -65,7 +44,7 @@ def restoration_table(edits: Mapping[str, Mapping], episodes: Mapping[str, Seque
     """Per edit and rule: the edited model's accuracy, its B's and T's, and the recovery fraction."""
     from rlheals import restore
 
-    accuracy = {m: {rule: s["accuracy"] for rule, s in evaluate.summarize(rows).items()} for m, rows in episodes.items()}
+    accuracy = {m: {rule: s["accuracy"] for rule, s in summarize(rows).items()} for m, rows in episodes.items()}
     rows = []
     for name, spec in edits.items():
         for rule, acc in accuracy[f"edit-{name}"].items():
@@ -103,7 +82,7 @@ def checkpoint_table(model_dirs: Mapping[str, str]) -> pl.DataFrame:
     rows = []
     for model_id, path in sorted(model_dirs.items()):
         models.check_model_dir(path, verify="size")
-        rows.append({"model_id": model_id, **parse_model_id(model_id), "path": str(path),
+        rows.append({"model_id": model_id, **model_ids.parse(model_id), "path": str(path),
                      "sha256": models.weights_sha256(path)})
     return pl.DataFrame(rows, schema_overrides={"sft_step": pl.Int64, "rl_update": pl.Int64, "seed": pl.Int64, "algo": pl.String})
 

@@ -1,0 +1,86 @@
+"""Trainer callbacks shared by the SFT and TRL RL runs: checkpoints that resume exactly, the loss log, and
+the per-update RL log with its accuracy probe. Imported only by jobs that train (it imports transformers)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from rlheals import checkpoints, launch, runlog
+
+
+class Checkpoints(TrainerCallback):
+    """For `trainer` run in `work`: a checkpoint at each output step and every tenth of the run (for
+    resume), each output published from its checkpoint, and the fault hook at the end of every step.
+
+    The train loss summed since the last logged step is kept with a checkpoint and put back on resume
+    (else the first loss logged after a resume would average fewer steps). transformers keeps that sum in
+    the trainer's private `_tr_loss` and offers no public hook to save or restore it, so it is read and
+    written there, and left alone when a transformers version does not have it."""
+
+    def __init__(self, trainer, max_steps: int, work: Path, outputs: Mapping[int, Path], log):
+        self.trainer, self.work, self.outputs, self.log = trainer, work, outputs, log
+        self.every = checkpoints.checkpoint_every(max_steps)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = checkpoints.saved_state(self.work, state.global_step)
+        if "tr_loss" in saved and hasattr(self.trainer, "_tr_loss"):  # this worker's own sum
+            mine = saved["tr_loss"][launch.rank()] if isinstance(saved["tr_loss"], list) else saved["tr_loss"]
+            held = self.trainer._tr_loss
+            self.trainer._tr_loss = torch.tensor(mine, dtype=held.dtype, device=held.device)
+            self.trainer._globalstep_last_logged = saved["last_logged"]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        runlog.fault_point(state.global_step)
+        if state.global_step in self.outputs or state.global_step % self.every == 0:
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        kept = {}
+        if hasattr(self.trainer, "_tr_loss"):  # every worker's
+            kept = {"tr_loss": launch.gather_objects(float(self.trainer._tr_loss)),
+                    "last_logged": self.trainer._globalstep_last_logged}
+        if state.is_world_process_zero:  # one process publishes (several train)
+            checkpoints.after_checkpoint(self.work, state.global_step, self.outputs, self.log, kept)
+
+
+class LogLosses(TrainerCallback):
+    """Train and held-out losses and the learning rate in the job log, at every logging step."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        shown = {k: v for k, v in (logs or {}).items() if k.endswith("loss") or k == "learning_rate"}
+        if shown:
+            self.log(f"step {state.global_step}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+
+
+class UpdateLog(TrainerCallback):
+    """After each RL update: a log row (the reward and its verdict categories from `reward`, the probe's
+    accuracies every `probe_every` updates and at the end), kept in `work` for a resumed run. `rows` holds
+    the rows of a resumed run so far and receives the new ones."""
+
+    def __init__(self, reward, probe, probe_every: int, tokenizer, rows: list, work: Path, log):
+        self.reward, self.probe, self.probe_every, self.tokenizer = reward, probe, probe_every, tokenizer
+        self.rows, self.work, self.log = rows, work, log
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not self.rows:  # a resumed run has its rows from before the kill
+            self.rows.append({"update": 0, **self.probe(model, self.tokenizer)})
+            if state.is_world_process_zero:
+                checkpoints.save_rows(self.work, self.rows)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        update = state.global_step
+        row = {"update": update, **(self.reward.drain() if self.reward else {})}
+        if update % self.probe_every == 0 or update == args.max_steps:
+            row.update(self.probe(model, self.tokenizer))
+        self.rows.append(row)
+        if state.is_world_process_zero:
+            checkpoints.save_rows(self.work, self.rows)
+        self.log(f"update {update}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if k != "update"))

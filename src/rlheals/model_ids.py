@@ -1,0 +1,90 @@
+"""Model ids: the one name of every model of the study, from which every stage finds its files
+(results/models/{model_id}, results/eval/{model_id}.parquet, ...).
+
+    base                                  the base model
+    sft-{step}                            the SFT checkpoint at `step` (sft-0 is the base model's weights)
+    rl-{algo}-{step}[-s{seed}][-u{update}]  an RL run from sft-{step} (algo sft_continue: the control);
+                                          the seed is written when the study runs several; -u: an
+                                          intermediate checkpoint, none: the run's last update
+    edit-{name}                           a restoration edit
+
+An RL run id is the model id without its `rl-` prefix and update: {algo}-{step}[-s{seed}]."""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+RL_RUN = r"[a-z_]+-\d+(?:-s\d+)?"
+EDIT = r"[A-Za-z0-9_]+"
+CONTROL = "sft_continue"  # the algo name of the continued-SFT control arm
+# Wildcard constraints: the regexes snakemake matches model ids and RL run ids with.
+MODEL_ID = rf"base|sft-\d+|rl-{RL_RUN}(?:-u\d+)?|edit-{EDIT}"
+
+_PARTS = re.compile(
+    r"(?P<base>base)|sft-(?P<sft_step>\d+)"
+    r"|rl-(?P<algo>[a-z_]+)-(?P<rl_from>\d+)(?:-s(?P<seed>\d+))?(?:-u(?P<update>\d+))?"
+    rf"|edit-(?P<edit>{EDIT})"
+)
+
+
+class RLRun(NamedTuple):
+    algo: str
+    step: int
+    seed: int
+
+
+def sft(step: int) -> str:
+    return f"sft-{step}"
+
+
+def rl_run(algo: str, step: int, seed: int, seeded: bool) -> str:
+    """The id of an RL run; the seed is written only when the study runs several (`seeded`)."""
+    return f"{algo}-{step}" + (f"-s{seed}" if seeded else "")
+
+
+def rl(run: str, update: int | None = None) -> str:
+    """The model id of an RL run's last update, or of its checkpoint at `update`."""
+    return f"rl-{run}" + (f"-u{update}" if update is not None else "")
+
+
+def parse_rl_run(run: str) -> RLRun:
+    """'grpo-100-s2' -> RLRun('grpo', 100, 2); the seed is 1 when the id carries none."""
+    m = re.fullmatch(r"([a-z_]+)-(\d+)(?:-s(\d+))?", run)
+    if m is None:
+        raise ValueError(f"not an RL run id ({{algo}}-{{step}}[-s{{seed}}]): {run!r}")
+    algo, step, seed = m.groups()
+    return RLRun(algo, int(step), int(seed or 1))
+
+
+def sft_step(model_id: str) -> int:
+    """The step of an SFT checkpoint's id (or of its directory's path)."""
+    m = re.fullmatch(r"sft-(\d+)", model_id.rstrip("/").rsplit("/", 1)[-1])
+    if m is None:
+        raise ValueError(f"not an SFT model id (sft-{{step}}): {model_id!r}")
+    return int(m.group(1))
+
+
+def rl_update(model_id: str) -> int:
+    """The update of an RL run's intermediate checkpoint id (or of its directory's path)."""
+    m = re.search(r"-u(\d+)$", model_id.rstrip("/"))
+    if m is None:
+        raise ValueError(f"not an intermediate RL checkpoint id (rl-...-u{{update}}): {model_id!r}")
+    return int(m.group(1))
+
+
+def parse(model_id: str) -> dict:
+    """A model id -> its fields: stage (base | sft | rl | edit), algo (an RL algo, or the edit's name),
+    sft_step, rl_update, seed."""
+    m = _PARTS.fullmatch(model_id)
+    if m is None:
+        raise ValueError(f"not a model id: {model_id!r}")
+    g = m.groupdict()
+    if g["base"]:
+        return {"stage": "base", "algo": None, "sft_step": 0, "rl_update": None, "seed": None}
+    if g["sft_step"]:
+        return {"stage": "sft", "algo": None, "sft_step": int(g["sft_step"]), "rl_update": None, "seed": None}
+    if g["algo"]:
+        return {"stage": "rl", "algo": g["algo"], "sft_step": int(g["rl_from"]),
+                "rl_update": int(g["update"]) if g["update"] else None, "seed": int(g["seed"]) if g["seed"] else None}
+    return {"stage": "edit", "algo": g["edit"], "sft_step": None, "rl_update": None, "seed": None}

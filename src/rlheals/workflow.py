@@ -1,0 +1,224 @@
+"""What the workflow runs, read from the config: the run lists, the models of the study, the config slice
+each rule gets as a param, and the hash of the package code each rule's script uses. rules/common.smk
+exposes these to the rules; nothing here imports snakemake, so all of it is unit-tested.
+
+Partial reruns are exact because every rule gets exactly what it depends on as params: its config slice
+in canonical form (sorted keys) and a hash of the package modules its script imports. Snakemake reruns a
+job when its script changes, not when the package code the script calls does: the code hash covers that."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from rlheals import model_ids
+
+PACKAGE = "rlheals"
+PACKAGE_DIR = Path(__file__).resolve().parent
+SPLITS = ["sft_train", "rl_train", "id_test", "ood_test"]
+TEST_SPLITS = ["id_test", "ood_test"]
+DEEPSPEED_DIR = "config/deepspeed"
+
+
+def canonical(obj) -> str:
+    """A config slice as a param: sorted-key JSON, so reordering keys never triggers a rerun."""
+    return json.dumps(obj, sort_keys=True)
+
+
+# --- Code hashing -------------------------------------------------------------------------------------
+
+
+def package_imports(tree: ast.AST, package_dir: Path = PACKAGE_DIR) -> set[str]:
+    """The package's modules a syntax tree imports, wherever the import is (a function body too) and
+    however it is written: `from rlheals import a, b` (wrapped in parentheses or not), `from rlheals.a
+    import x`, `import rlheals.a`."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == PACKAGE:
+                found |= {alias.name for alias in node.names}
+            elif node.module.startswith(PACKAGE + "."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(PACKAGE + ".")}
+    return {name for name in found if (package_dir / f"{name}.py").exists()}
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def code_fingerprint(source: str) -> str:
+    """What of a module's source is code: its syntax tree without docstrings, positions or comments.
+    Editing a comment, a docstring or the layout leaves it unchanged; any change of code does not."""
+    return ast.dump(_without_docstrings(ast.parse(source)), include_attributes=False)
+
+
+def code_hash(script: str | Path, package_dir: Path = PACKAGE_DIR) -> str:
+    """A hash of the code of the package modules `script` imports, directly or through other modules."""
+    todo, seen = package_imports(ast.parse(Path(script).read_text()), package_dir), set()
+    trees = {}
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            trees[name] = ast.parse((package_dir / f"{name}.py").read_text())
+            todo |= package_imports(trees[name], package_dir)
+    digest = hashlib.sha256()
+    for name in sorted(seen):
+        digest.update(name.encode() + code_fingerprint((package_dir / f"{name}.py").read_text()).encode())
+    return digest.hexdigest()[:16]
+
+
+# --- What one RL run depends on -------------------------------------------------------------------------
+
+# rl.* keys that are the run list (which runs exist), not a run's settings.
+RL_LIST_KEYS = {"algos", "from_steps", "seeds", "control"}
+# rl.* keys an algo does not read: changing them reruns no run of that algo.
+RL_UNUSED_KEYS = {
+    "grpo": {"ppo", "verify_turns"},
+    "rloo": {"ppo", "verify_turns"},
+    "ppo": set(),
+    # The control trains as SFT does (with sft.deepspeed), on the run's hands for its number of updates.
+    model_ids.CONTROL: {
+        "ppo", "verify_turns", "deepspeed", "num_generations", "temperature", "kl_coef", "lr", "lr_scheduler",
+        "max_new_tokens", "max_grad_norm", "bf16", "rewards",
+    },
+}
+# sft.* keys the control does not read (the SFT run's length, saving and logging).
+CONTROL_UNUSED_SFT_KEYS = {"save_steps", "max_steps", "logging_steps", "eval_examples"}
+
+
+class Study:
+    """The study a config describes: its SFT steps, RL runs, models, spectrum pairs and edits, and the
+    config slice of each rule. A model id the config names must be one the study makes."""
+
+    def __init__(self, config: Mapping):
+        self.config = config
+        self.sft_steps = sorted(config["sft"]["save_steps"])
+        rl = config["rl"]
+        self.rl_from = self.sft_steps if rl["from_steps"] == "all" else sorted(rl["from_steps"])
+        self.rl_algos = [*rl["algos"], *([model_ids.CONTROL] if rl["control"] else [])]
+        self.rl_seeds = list(range(1, rl["seeds"] + 1))
+        self.rl_save_updates = sorted(rl["save_updates"])
+        seeded = len(self.rl_seeds) > 1
+        self.rl_runs = [model_ids.rl_run(a, step, seed, seeded)
+                        for a in self.rl_algos for step in self.rl_from for seed in self.rl_seeds]
+        self.rl_models = [model_ids.rl(run) for run in self.rl_runs] + [
+            model_ids.rl(run, u) for run in self.rl_runs for u in self.rl_save_updates]
+        self.study_models = ["base", *map(model_ids.sft, self.sft_steps), *self.rl_models]
+        self.spectrum_pairs = self._spectrum_pairs()
+        self.edits = self._edits()
+        self.edit_models = [f"edit-{name}" for name in self.edits]
+        self.eval_models = [*self.study_models, *self.edit_models]
+        self.last_sft = model_ids.sft(self.sft_steps[-1])
+
+    def known_model(self, model_id: str, key: str) -> str:
+        if model_id not in self.study_models:
+            raise ValueError(f"config key {key}: {model_id!r} is not a model of this study (one of {self.study_models})")
+        return model_id
+
+    def _spectrum_pairs(self) -> list[tuple[str, str]]:
+        spectrum, pairs = self.config["spectrum"], []
+        if spectrum["base_vs_sft"]:
+            pairs += [("base", model_ids.sft(s)) for s in self.sft_steps if s > 0]
+        best = spectrum["best_ood_step"]
+        if best is not None:
+            self.known_model(model_ids.sft(best), "spectrum.best_ood_step")
+            pairs += [(model_ids.sft(best), model_ids.sft(s)) for s in self.sft_steps if s > best]
+        if spectrum["sft_vs_rl"]:
+            pairs += [(model_ids.sft(model_ids.parse_rl_run(run).step), model_ids.rl(run)) for run in self.rl_runs]
+        for i, (a, b) in enumerate(spectrum["pairs"]):
+            pairs.append((self.known_model(a, f"spectrum.pairs.{i}"), self.known_model(b, f"spectrum.pairs.{i}")))
+        return list(dict.fromkeys(pairs))
+
+    def _edits(self) -> dict[str, dict]:
+        specs = self.config["restore"]["edits"]
+        edits = {edit["name"]: edit for edit in specs}
+        if len(edits) != len(specs):
+            raise ValueError("config key restore.edits: edit names must be unique")
+        for name, spec in edits.items():
+            self.known_model(spec["base"], f"restore.edits.{name}.base")
+            self.known_model(spec["target"], f"restore.edits.{name}.target")
+            if spec["kind"] == "layers" and "layers" not in spec and "layer_range" not in spec:
+                raise ValueError(
+                    f"config key restore.edits.{name}.layers: kind 'layers' needs layers (a share) or layer_range")
+        return edits
+
+    def edit_inputs(self, edit: str) -> dict[str, str]:
+        """The two models of an edit, and their SVDs when the edit needs them."""
+        spec = self.edits[edit]
+        inputs = {"base": f"results/models/{spec['base']}", "target": f"results/models/{spec['target']}"}
+        if spec["kind"] != "layers":
+            inputs["svd_base"] = f"results/svd/{spec['base']}.safetensors"
+            inputs["svd_target"] = f"results/svd/{spec['target']}.safetensors"
+        return inputs
+
+    # --- Config slices: what each rule depends on ---
+
+    def data_slice(self, split: str) -> dict:
+        """What one split's hands depend on: the game, the hold-out settings, its own spec and the rules of
+        the test splits (their held-out multisets are banned from training)."""
+        data = self.config["data"]
+        splits = {t: {"rule": data["splits"][t]["rule"]} for t in TEST_SPLITS}
+        splits[split] = data["splits"][split]
+        return {"game": self.config["game"],
+                "data": {"holdout_seed": data["holdout_seed"], "holdout_share": data["holdout_share"], "splits": splits}}
+
+    def pretrain_corpus_slice(self) -> dict:
+        p = self.config["pretrain"]
+        return {"target": self.config["game"]["target"],
+                "pretrain": {k: p[k] for k in ("corpus_size", "mix", "target_puzzle_sizes", "seed")}}
+
+    def base_slice(self) -> dict:
+        """What the tiny base model depends on (besides its corpus): size, training, and how it is probed."""
+        c = self.config
+        return {"game": c["game"], "prompt": c["prompt"], "verify": c["verify"], "tiny": c["model"]["tiny"],
+                "pretrain": c["pretrain"]}
+
+    def sft_slice(self) -> dict:
+        return {"game": self.config["game"], "prompt": self.config["prompt"], "sft": self.config["sft"]}
+
+    def eval_slice(self) -> dict:
+        c = self.config
+        return {"game": c["game"], "prompt": c["prompt"], "verify": c["verify"], "eval": c["eval"]}
+
+    def rl_slice(self, run: str) -> dict:
+        """What one RL run depends on: its algo's settings only (the run list keys are not among them)."""
+        c = self.config
+        algo, _, seed = model_ids.parse_rl_run(run)
+        skip = RL_LIST_KEYS | RL_UNUSED_KEYS[algo]
+        out = {
+            "game": c["game"],
+            "prompt": c["prompt"],
+            "verify": c["verify"],
+            "probe_eval": {k: c["eval"][k] for k in ("verify_turns", "max_new_tokens")},
+            "rl": {k: v for k, v in c["rl"].items() if k not in skip},
+            "algo": algo,
+            "seed": seed,
+        }
+        if algo == model_ids.CONTROL:
+            out["sft"] = {k: v for k, v in c["sft"].items() if k not in CONTROL_UNUSED_SFT_KEYS}
+        return out
+
+    # --- DeepSpeed files: rule inputs, so editing one reruns the jobs that train with it ---
+
+    def sft_deepspeed(self) -> list[str]:
+        return _deepspeed_file(self.config["sft"]["deepspeed"])
+
+    def rl_deepspeed(self, run: str) -> list[str]:
+        algo = model_ids.parse_rl_run(run).algo
+        return _deepspeed_file(self.config["sft" if algo == model_ids.CONTROL else "rl"]["deepspeed"])
+
+
+def _deepspeed_file(name: str | None) -> list[str]:
+    return [f"{DEEPSPEED_DIR}/{name}.json"] if name else []
