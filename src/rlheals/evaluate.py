@@ -448,7 +448,7 @@ def _play(model, tokenizer, group: Sequence[Episode], prompts: Mapping[str, list
 
 def run_episodes_one_at_a_time(model, tokenizer, episodes: Sequence[Episode], verifier: Verifier, turns: int,
                                 decoding: Decoding = Decoding()) -> list[dict]:
-    """The anchors' way, the reference the engine must match: one episode at a time, one `generate` per
+    """The one-at-a-time reference the engine must match, as the papers' code evaluates: one `generate` per
     try over the whole conversation, no batching and no cache kept between tries."""
     import torch
 

@@ -75,7 +75,7 @@ def prompt_rows(rows: Sequence[Mapping], rules: Mapping[str, cards.Rule], fmt: s
 
 class Probe:
     """ID and OOD accuracy on a small fixed set of test episodes (greedy, the evaluation protocol), run
-    every few updates: the anchors switched this monitoring off."""
+    every few updates: the papers' public code switched this monitoring off."""
 
     def __init__(self, episodes: Sequence[evaluate.Episode], verifier: Verifier, turns: int, max_new_tokens: int):
         self.episodes, self.verifier, self.turns = list(episodes), verifier, turns
@@ -113,7 +113,7 @@ def seed_everything(seed: int) -> None:
 
 def trl_config(algo: str, settings: Mapping, work: Path, seed: int):
     """GRPOConfig / RLOOConfig: one update = `prompts_per_update` prompts x `num_generations` samples,
-    one optimizer step on them, flags that are right on a CPU (STACK.md)."""
+    one optimizer step on them, flags that are right on a CPU (docs/stack.md, pitfalls 2 and 3)."""
     import torch
     from trl import GRPOConfig, RLOOConfig
 

@@ -114,7 +114,7 @@ def after_checkpoint(work: Path, step: int, outputs: Mapping[int, Path], log, st
 
 
 def training_args(settings: Mapping, work: Path, threads: int, held_out: bool = True):
-    """SFTConfig from the `sft` config slice, with flags that are right on a CPU (STACK.md). With
+    """SFTConfig from the `sft` config slice, with flags that are right on a CPU (docs/stack.md, pitfalls 2 and 3). With
     `held_out`, the held-out sets are evaluated at every logging step."""
     import torch
     from trl import SFTConfig
