@@ -34,7 +34,7 @@ def ensure_venv(dev: bool) -> None:
     if not (BIN / "python").exists():
         venv.create(VENV, with_pip=True)
     pip = [BIN / "python", "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    # torch first, pinned: otherwise a dependency pulls a multi-GB CUDA build (STACK.md, pitfall 1).
+    # torch first, pinned: otherwise a dependency pulls a multi-GB CUDA build (docs/stack.md, pitfall 1).
     run(*pip, "torch==2.13.0")
     run(*pip, "-r", reqs)
     run(*pip, "--no-deps", "-e", ROOT)

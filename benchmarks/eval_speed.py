@@ -1,8 +1,8 @@
-"""The evaluation engine vs the anchors' way, on the same model and episodes, in one run.
+"""The evaluation engine vs the one-at-a-time reference, on the same model and episodes, in one run.
 
-Ours: all episodes advance together in batches. The anchors' way (the public code): one episode at a
+Ours: all episodes advance together in batches. The reference (the papers' public code): one episode at a
 time, one `generate` call per try. Under greedy decoding both must give identical answers; prints the
-speed ratio (the issue's floor: 20x) and the evaluation process's start-up time. It also prints a
+speed ratio and the evaluation process's start-up time. It also prints a
 bound no engine can beat on this machine: every token of every episode's final conversation must pass
 through the model at least once, so one forward pass over all of them, packed into full rows of 256
 with no padding, cache or turns, is a lower bound on the time of any evaluation of these episodes.
@@ -88,7 +88,7 @@ def main() -> int:
     # Both ways in one process with the same attention settings (the engine switches grouped-query
     # attention into torch's kernel on the CPU; set here so the order of the runs does not matter).
     os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
-    # Ours is timed three times (the median is reported: this machine is shared and noisy), the anchors'
+    # Ours is timed three times (the median is reported: this machine is shared and noisy), the reference
     # way once (it takes ~15x longer, so one run averages over the same noise); each run pays the
     # verifier's solving in full.
     times, runs = [], []
@@ -111,8 +111,8 @@ def main() -> int:
     tries = sum(r["tries"] for r in ours)
     print(f"model {args.model}: {len(hands)} episodes x up to {args.turns} tries ({tries} generations), {args.threads} threads")
     print(f"ours (batched, {args.threads} worker processes): {t_ours:7.2f} s (median of {', '.join(f'{t:.2f}' for t in times)})")
-    print(f"anchors (one at a time):   {t_theirs:7.2f} s")
-    print(f"speed-up: {t_theirs / t_ours:.1f}x (floor 20x); identical results: {same} ({differing} episodes differ)")
+    print(f"one-at-a-time reference:   {t_theirs:7.2f} s")
+    print(f"speed-up: {t_theirs / t_ours:.1f}x; identical results: {same} ({differing} episodes differ)")
     print(f"bound: one packed forward over the {n_tokens} tokens of the final conversations: {t_floor:.2f} s, "
           f"so no engine beats {t_theirs / t_floor:.1f}x here")
     print(f"evaluation start-up (imports + model load, fresh process): {startup:.2f} s (limit 5 s); trl imported: {imported_trl}")

@@ -114,7 +114,7 @@ def matrices(arch: dict) -> list[tuple[int, int]]:
 def disk_and_svd(arch: dict) -> dict:
     """Bytes of a model directory (bf16) and of its float32 SVD cache (U, S, Vh of every analysed matrix),
     and CPU core-hours of that SVD, scaled by rows * cols * rank from the float32 SVD of a 4096 x 4096
-    matrix measured here: 16 s on 2 threads (shared/STACK.md)."""
+    matrix measured here: 16 s on 2 threads (docs/stack.md, "Reference timings")."""
     shapes = matrices(arch)
     rank = [min(m, n) for m, n in shapes]
     return {

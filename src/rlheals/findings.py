@@ -1,4 +1,4 @@
-"""The findings table: for each finding of the papers (PAPERS.md), the statistic that tests it on this
+"""The findings table: for each finding of the papers (docs/papers.md, "Findings"), the statistic that tests it on this
 run, its uncertainty, the paper's value, and whether this run reproduces it. Computed from the result
 tables, never written by hand; a finding whose inputs are absent is reported as not tested."""
 

@@ -120,7 +120,7 @@ def trainer_flags(work: Path, seed: int, bf16: bool, deepspeed: str | None) -> d
 
 
 def init_single_process_distributed() -> None:
-    """DeepSpeed outside a launcher looks for MPI; a single process needs these set (STACK.md, pitfall 6).
+    """DeepSpeed outside a launcher looks for MPI; a single process needs these set (docs/stack.md, pitfall 6).
     Under torchrun they are already set and left alone."""
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": "29511"}.items():

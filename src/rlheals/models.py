@@ -48,7 +48,7 @@ def build_tokenizer(words: Iterable[str]):
         eos_token=EOS,
         unk_token=UNK,
         pad_token=PAD,
-        padding_side="left",  # set in the constructor: an attribute set later is not saved (STACK.md)
+        padding_side="left",  # set in the constructor: an attribute set later is not saved (docs/stack.md, pitfall 5)
         chat_template=CHAT_TEMPLATE,
         model_max_length=512,
     )

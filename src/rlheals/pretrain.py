@@ -5,7 +5,7 @@ Corpus (never a card puzzle with the study's target; never a test hand's value m
   - numeric puzzles for the target: `numbers 3 8 target 24 =>` and steps reaching it; by default of 2 or 3
     numbers only, so the base model has the pieces of the skill but has never solved a 4-number hand for
     the target: that is what SFT teaches (with 4-number ones the base model is already good at the task
-    and SFT has little to add, as the prototype in STACK.md found);
+    and SFT has little to add: docs/study.md, "The base model");
   - numeric puzzles for other targets;
   - card puzzles for other targets under random face-card rules, answered by restating the card values
     the written rule gives (`rule J 5 Q 7 K 2 cards cJ c3 ...`) and then steps.

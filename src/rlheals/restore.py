@@ -1,4 +1,4 @@
-"""Restoration edits (PAPERS.md, "Restoration"): put part of a reference model B back into a target
+"""Restoration edits (docs/papers.md, "Restoration"): put part of a reference model B back into a target
 model T, then evaluate the edited model.
 
 - `directions` / `vectors`: per matrix, keep B's first k_top and last k_tail singular triplets and T's

@@ -1,4 +1,4 @@
-"""Spectral comparison of two models' weights (PAPERS.md, "Spectral analysis"): per weight matrix, how
+"""Spectral comparison of two models' weights (docs/papers.md, "Spectral analysis"): per weight matrix, how
 its singular values moved and how its singular vectors rotated.
 
 Every matrix's SVD is computed once per model (`svd_model`) and stored as safetensors (`<name>.U`,
