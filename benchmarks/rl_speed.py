@@ -21,6 +21,7 @@ def main() -> int:
 
     from rlheals import data, episodes, rl
     from rlheals.jobs import Job, Task
+    from rlheals.settings import rl_settings
     from rlheals.verify import Verifier
 
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -50,7 +51,7 @@ def main() -> int:
                 job = Job(start=Path(args.model), outputs={}, work=Path(work), seed=1, threads=args.threads,
                           log=lambda m: None)
                 rl.run(algo, job=job, task=Task(train=train, rules=rules, fmt=fmt, verifier=verifier, probe=probe),
-                       settings=settings)
+                       settings=rl_settings(algo, settings))
                 seconds.append(time.perf_counter() - t)
         per_update = (seconds[1] - seconds[0]) / args.updates
         print(f"{algo:5s} {per_update:6.2f} s per update  (start-up and first update {seconds[0]:.1f} s)"

@@ -18,7 +18,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from rlheals import cards, data, models, pretrain, sft  # noqa: E402
+from rlheals import data, models, pretrain, sft  # noqa: E402
+from rlheals.settings import SFTSettings  # noqa: E402
 
 
 def main() -> int:
@@ -48,7 +49,7 @@ def main() -> int:
         def on_step_end(self, *a, **k):
             stamps.append(time.perf_counter())
 
-    training_args = sft.training_args(settings, Path("/tmp/rlheals-sft-benchmark"), held_out=False)
+    training_args = sft.training_args(SFTSettings.from_config(settings), Path("/tmp/rlheals-sft-benchmark"), held_out=False)
     trainer = sft.trainer_class()(
         model=model,
         args=training_args,

@@ -9,20 +9,22 @@ import polars as pl
 
 from rlheals import checkpoints, data, episodes, launch, model_ids, rl, runlog
 from rlheals.jobs import Job, Task
+from rlheals.settings import rl_settings
 from rlheals.verify import Verifier
 
 cfg = json.loads(snakemake.params.cfg)
-algo, settings = cfg["algo"], cfg["rl"]
+algo = cfg["algo"]
+settings = rl_settings(algo, cfg["rl"], cfg.get("sft"))
 # A job given several GPUs runs this script again as one torchrun worker per GPU, and is done when they are.
 if launch.run_as_workers(launch.workers(snakemake.resources)):
     raise SystemExit(0)
 log = runlog.setup(launch.log_path(snakemake.log[0]))
 fmt, rules = cfg["prompt"]["format"], data.rules_from_config(cfg["game"])
 verifier = Verifier(cfg["game"]["target"], fmt, cfg["verify"]["strict_format"], cfg["verify"]["rewards"])
-id_rows, ood_rows = (data.read_jsonl(path)[: settings["probe"]["episodes"]] for path in snakemake.input.tests)
+id_rows, ood_rows = (data.read_jsonl(path)[: settings.probe.episodes] for path in snakemake.input.tests)
 probe = rl.Probe(episodes.from_rows([*id_rows, *ood_rows], rules, fmt), verifier,
                  cfg["probe_eval"]["verify_turns"], cfg["probe_eval"]["max_new_tokens"])
-outputs = {settings["updates"]: Path(snakemake.output.model)}
+outputs = {settings.updates: Path(snakemake.output.model)}
 outputs.update({model_ids.rl_update(p): Path(p) for p in snakemake.output.checkpoints})
 job = Job(
     start=Path(snakemake.input.start),
@@ -34,8 +36,8 @@ job = Job(
 )
 task = Task(train=data.read_jsonl(snakemake.input.train), rules=rules, fmt=fmt, id_test=id_rows, ood_test=ood_rows,
             verifier=verifier, probe=probe)
-log.info("%s from %s, seed %d, %d updates", algo, job.start, job.seed, settings["updates"])
-rows = rl.run(algo, job=job, task=task, settings=settings, sft_settings=cfg.get("sft"))
+log.info("%s from %s, seed %d, %d updates", algo, job.start, job.seed, settings.updates)
+rows = rl.run(algo, job=job, task=task, settings=settings)
 if not launch.is_main():  # the main worker writes the log table and clears the work directory
     raise SystemExit(0)
 table = pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.lit(snakemake.wildcards.rl_run).alias("run"))

@@ -8,6 +8,7 @@ import polars as pl
 
 from rlheals import checkpoints, data, launch, model_ids, runlog, sft
 from rlheals.jobs import Job, Task
+from rlheals.settings import SFTSettings
 
 # A job given several GPUs runs this script again as one torchrun worker per GPU, and is done when they are.
 if launch.run_as_workers(launch.workers(snakemake.resources)):
@@ -29,7 +30,7 @@ task = Task(
     id_test=data.read_jsonl(snakemake.input.id_test),
     ood_test=data.read_jsonl(snakemake.input.ood_test),
 )
-losses = sft.run(job=job, task=task, settings=cfg["sft"])
+losses = sft.run(job=job, task=task, settings=SFTSettings.from_config(cfg["sft"]))
 if not launch.is_main():  # the main worker writes the tables and clears the work directory
     raise SystemExit(0)
 table = pl.DataFrame(losses)

@@ -6,6 +6,7 @@ import os
 import torch
 
 from rlheals import models, ppo, pretrain
+from rlheals.settings import rl_settings
 from rlheals.verify import Verifier
 
 
@@ -15,11 +16,12 @@ def trainer_and_steps(deepspeed=None):
     tokenizer = models.build_tokenizer(pretrain.vocabulary(24))
     model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
                                                 "num_heads": 2, "num_kv_heads": 1, "max_positions": 128}, seed=3)
-    settings = {"lr": 1e-3, "lr_scheduler": "constant", "updates": 4, "kl_coef": 0.0, "max_grad_norm": 1.0,
+    settings = rl_settings("ppo", {"lr": 1e-3, "lr_scheduler": "constant", "prompts_per_update": 1, "num_generations": 1,
+                                   "probe": {"every": 1, "episodes": 1}, "updates": 4, "kl_coef": 0.0, "max_grad_norm": 1.0,
                 "temperature": 1.0, "verify_turns": 2, "max_new_tokens": 8,
                 "ppo": {"epochs": 1, "minibatch": 8, "clip": 0.2, "value_clip": 0.2, "value_coef": 0.5, "value_lr": 1e-3,
                         "gamma": 1.0, "lam": 0.95, "normalize_advantages": True},
-                "deepspeed": deepspeed, "bf16": False}
+                "deepspeed": deepspeed, "bf16": False})
     trainer = ppo.PPO(model, tokenizer, settings, Verifier(), seed=0)
     g = torch.Generator().manual_seed(7)
     steps = []

@@ -24,6 +24,7 @@ import yaml
 
 from rlheals import data, episodes, models, pretrain, rl, runlog, tables
 from rlheals.jobs import Job, Task
+from rlheals.settings import rl_settings
 from rlheals.verify import Verifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,7 +339,7 @@ def run_algo(algo: str, s: dict, root: Path, log=print) -> list[dict]:
     job = Job(start=s["start"], outputs=outputs, work=root / "work", seed=1, threads=1, log=log)
     task = Task(train=s["rows"]["rl_train"], rules=s["rules"], fmt=s["fmt"], id_test=s["rows"]["id_test"],
                 ood_test=s["rows"]["ood_test"], verifier=s["verifier"], probe=s["probe"])
-    return rl.run(algo, job=job, task=task, settings=s["settings"], sft_settings=s["cfg"]["sft"])
+    return rl.run(algo, job=job, task=task, settings=rl_settings(algo, s["settings"], s["cfg"]["sft"]))
 
 
 def weights_of(root: Path) -> dict[str, str]:

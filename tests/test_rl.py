@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rlheals import cards, episodes, models, ppo, rl
+from rlheals.settings import rl_settings
 from rlheals.verify import Verifier
 
 
@@ -76,10 +77,11 @@ def test_ppo_update_plays_multi_turn_episodes_and_keeps_its_reference_fixed():
               "ood_test": {"rule": "id", "size": 1, "seed": 3}}
     rows = data.make_split("rl_train", game, {"holdout_seed": 0, "holdout_share": 0.25, "splits": splits})
     hands = episodes.from_rows(rows, data.rules_from_config(game), "compact")
-    settings = {"lr": 1e-3, "lr_scheduler": "constant", "updates": 2, "kl_coef": 0.1, "verify_turns": 3,
+    settings = rl_settings("ppo", {"lr": 1e-3, "lr_scheduler": "constant", "prompts_per_update": 1, "num_generations": 1,
+                                   "probe": {"every": 1, "episodes": 1}, "updates": 2, "kl_coef": 0.1, "verify_turns": 3,
                 "temperature": 1.0, "max_new_tokens": 6, "max_grad_norm": 1.0,
                 "ppo": {"epochs": 2, "minibatch": 4, "clip": 0.1, "value_clip": 0.1, "value_coef": 0.5, "value_lr": 1e-3,
-                        "gamma": 0.9, "lam": 0.95, "normalize_advantages": True}}
+                        "gamma": 0.9, "lam": 0.95, "normalize_advantages": True}, "bf16": False})
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = ppo.PPO(model, tokenizer, settings, Verifier(), seed=0)
     steps = trainer.update(hands)

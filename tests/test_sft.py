@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlheals import models, pretrain, sft
+from rlheals.settings import SFTSettings
 from test_data import AFTER_SFT, FIGURES, data_setting_changes
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2, "max_positions": 128}
@@ -189,9 +190,9 @@ def test_lean_loss_equals_trls_completion_only_loss(tmp_path):
     rows = data.make_split("sft_train", game, split)
     tok = models.build_tokenizer(pretrain.vocabulary(24))
     model = models.build_tiny_model(tok, TINY, seed=0)
-    settings = {"max_steps": 1, "batch_size": 16, "grad_accum": 1, "lr": 1e-4, "lr_scheduler": "constant",
-                "warmup_ratio": 0.0, "adam_beta1": 0.9, "adam_beta2": 0.98, "adam_epsilon": 1e-7, "weight_decay": 0.0,
-                "max_grad_norm": 1.0, "seed": 0, "logging_steps": 1, "max_length": 128, "bf16": False, "deepspeed": None}
+    settings = SFTSettings(max_steps=1, batch_size=16, grad_accum=1, lr=1e-4, lr_scheduler="constant", warmup_ratio=0.0,
+                           adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-7, weight_decay=0.0, max_grad_norm=1.0,
+                           seed=0, logging_steps=1, eval_examples=0, max_length=128, bf16=False)
     dataset = datasets.Dataset.from_list(sft.conversations(rows, rules, "compact"))
     ours = sft.trainer_class()(model=model, args=sft.training_args(settings, tmp_path, held_out=False), train_dataset=dataset, processing_class=tok)
     trl = SFTTrainer(model=model, args=sft.training_args(settings, tmp_path, held_out=False), train_dataset=dataset, processing_class=tok)

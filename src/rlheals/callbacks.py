@@ -10,6 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from rlheals import checkpoints, launch, runlog
+from rlheals.jobs import Job
 
 
 class Checkpoints(TrainerCallback):
@@ -61,13 +62,13 @@ class LogLosses(TrainerCallback):
 
 
 class UpdateLog(TrainerCallback):
-    """After each RL update: a log row (the reward and its verdict categories from `reward`, the probe's
-    accuracies every `probe_every` updates and at the end), kept in `work` for a resumed run. `rows` holds
-    the rows of a resumed run so far and receives the new ones."""
+    """After each RL update of `job`: a log row (the reward and its verdict categories from `reward`, the
+    probe's accuracies every `probe_every` updates and at the end), kept in the job's work directory for a
+    resumed run. `rows` holds the rows of a resumed run so far and receives the new ones."""
 
-    def __init__(self, reward, probe, probe_every: int, tokenizer, rows: list, work: Path, log):
+    def __init__(self, job: Job, reward, probe, probe_every: int, tokenizer, rows: list):
         self.reward, self.probe, self.probe_every, self.tokenizer = reward, probe, probe_every, tokenizer
-        self.rows, self.work, self.log = rows, work, log
+        self.rows, self.work, self.log = rows, job.work, job.log
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not self.rows:  # a resumed run has its rows from before the kill

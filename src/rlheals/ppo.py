@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlheals import checkpoints, episodes, evaluate, launch, models, runlog
 from rlheals.episodes import Episode
 from rlheals.jobs import Job, Task
+from rlheals.settings import RLSettings
 from rlheals.verify import Verifier
 
 
@@ -127,32 +128,32 @@ def _forward(model, head, steps: Sequence[Step], temperature: float, pad: int):
 class PPO:
     """Policy (the causal LM), value head, optimiser; `update` runs one rollout-and-train round."""
 
-    def __init__(self, model, tokenizer, settings: Mapping, verifier: Verifier, seed: int):
+    def __init__(self, model, tokenizer, settings: RLSettings, verifier: Verifier, seed: int):
         import torch
         from transformers import get_scheduler
 
         self.model, self.tokenizer, self.settings, self.verifier = model, tokenizer, settings, verifier
-        self.ppo = settings["ppo"]
+        self.ppo = settings.ppo
         torch.manual_seed(seed)
         self.rng = random.Random(seed)
         self.head = value_head(model.config.hidden_size).to(model.device)
         if launch.rank():  # the same value head everywhere, then each worker samples its own rollouts
             torch.manual_seed(seed + launch.rank())
-        self.minibatch = launch.per_device_batch(self.ppo["minibatch"], 1, "rl.ppo.minibatch")
+        self.minibatch = launch.per_device_batch(self.ppo.minibatch, 1, "rl.ppo.minibatch")
         self.reference = None
-        if settings["kl_coef"] > 0:  # a frozen copy of the starting policy
+        if settings.kl_coef > 0:  # a frozen copy of the starting policy
             import copy
 
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings["lr"], weight_decay=0.0)
-        self.head_optimizer = torch.optim.AdamW(self.head.parameters(), lr=self.ppo["value_lr"], weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=0.0)
+        self.head_optimizer = torch.optim.AdamW(self.head.parameters(), lr=self.ppo.value_lr, weight_decay=0.0)
         # The schedules set the learning rate in the optimizers' parameter groups, which DeepSpeed's
         # optimizer keeps using when it wraps the policy's.
-        self.schedulers = [get_scheduler(settings["lr_scheduler"], optimizer, num_warmup_steps=0,
-                                         num_training_steps=settings["updates"])
+        self.schedulers = [get_scheduler(settings.lr_scheduler, optimizer, num_warmup_steps=0,
+                                         num_training_steps=settings.updates)
                            for optimizer in (self.optimizer, self.head_optimizer)]
         self.engine = None  # DeepSpeed's, when it trains the policy
-        if settings.get("deepspeed"):
+        if settings.deepspeed:
             self.engine, self.optimizer = sharded(model, self.optimizer, settings, self.minibatch)
 
     def update(self, hands: Sequence[Episode]) -> list[Step]:
@@ -162,25 +163,25 @@ class PPO:
         s, p = self.settings, self.ppo
         self.model.eval()
         with torch.no_grad():
-            decoding = evaluate.Decoding(do_sample=True, temperature=s["temperature"], max_new_tokens=s["max_new_tokens"])
-            protocol = evaluate.Protocol(self.verifier, s["verify_turns"], decoding)
+            decoding = evaluate.Decoding(do_sample=True, temperature=s.temperature, max_new_tokens=s.max_new_tokens)
+            protocol = evaluate.Protocol(self.verifier, s.verify_turns, decoding)
             played = [[Step(t.prompt_ids, t.answer_ids or [self.tokenizer.eos_token_id], t.verdict.reward, t.verdict.category)
                        for t in tries] for tries in evaluate.play(self.model, self.tokenizer, hands, protocol)]
             steps = [step for episode in played for step in episode]
-            for chunk in _chunks(steps, p["minibatch"]):
-                logprobs, mask, values = _forward(self.model, self.head, chunk, s["temperature"], self.tokenizer.pad_token_id)
+            for chunk in _chunks(steps, p.minibatch):
+                logprobs, mask, values = _forward(self.model, self.head, chunk, s.temperature, self.tokenizer.pad_token_id)
                 for step, lp, m, v in zip(chunk, logprobs, mask, values):
                     step.old_logprobs, step.value = lp[m.bool()].tolist(), float(v)
             for episode in played:
-                advantages, returns = gae([t.reward for t in episode], [t.value for t in episode], p["gamma"], p["lam"])
+                advantages, returns = gae([t.reward for t in episode], [t.value for t in episode], p.gamma, p.lam)
                 for step, a, r in zip(episode, advantages, returns):
                     step.advantage, step.ret = a, r
-        if p["normalize_advantages"]:
+        if p.normalize_advantages:
             normalize_advantages(steps)
         self.model.train()
         self.stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_share": 0.0}
         n = 0
-        for _ in range(p["epochs"]):
+        for _ in range(p.epochs):
             order = steps[:]
             self.rng.shuffle(order)
             chunks = list(_chunks(order, self.minibatch))
@@ -261,20 +262,20 @@ class PPO:
         n_tokens, n_tries = launch.all_reduce(torch.tensor([float(n_tokens), float(len(chunk))], device=device)).clamp(min=1)
         losses = torch.zeros(3, device=device)  # policy, value, clip share: this worker's part of the minibatch's
         if chunk:  # a worker with fewer tries than another may have none left: it still joins the sums
-            logprobs, mask, values = _forward(self.model, self.head, chunk, s["temperature"], self.tokenizer.pad_token_id)
+            logprobs, mask, values = _forward(self.model, self.head, chunk, s.temperature, self.tokenizer.pad_token_id)
             old = torch.zeros_like(logprobs)
             for i, step in enumerate(chunk):
                 old[i, : len(step.old_logprobs)] = torch.tensor(step.old_logprobs)
             advantages = torch.tensor([t.advantage for t in chunk], device=device)[:, None]
-            loss_pi, clip_share = policy_loss(logprobs, old, advantages, mask, p["clip"], n=n_tokens)
+            loss_pi, clip_share = policy_loss(logprobs, old, advantages, mask, p.clip, n=n_tokens)
             loss_v = value_loss(values, torch.tensor([t.value for t in chunk], device=device),
-                                torch.tensor([t.ret for t in chunk], device=device), p["value_clip"], n=n_tries)
-            loss = loss_pi + p["value_coef"] * loss_v
+                                torch.tensor([t.ret for t in chunk], device=device), p.value_clip, n=n_tries)
+            loss = loss_pi + p.value_coef * loss_v
             if self.reference is not None:
                 with torch.no_grad():
-                    ref, _, _ = _forward(self.reference, self.head, chunk, s["temperature"], self.tokenizer.pad_token_id)
+                    ref, _, _ = _forward(self.reference, self.head, chunk, s.temperature, self.tokenizer.pad_token_id)
                 log_ratio = ref - logprobs  # k3 estimator of KL(policy || reference), per token
-                loss = loss + s["kl_coef"] * ((torch.exp(log_ratio) - log_ratio - 1) * mask).sum() / n_tokens
+                loss = loss + s.kl_coef * ((torch.exp(log_ratio) - log_ratio - 1) * mask).sum() / n_tokens
             losses = torch.stack([loss_pi, loss_v, clip_share]).detach()
         else:  # zero gradients through every weight: DeepSpeed reduces them as they come, on every worker
             loss = sum((param * 0).sum() for param in [*self.model.parameters(), *self.head.parameters()] if param.requires_grad)
@@ -290,12 +291,12 @@ class PPO:
         loss_pi, loss_v, clip_share = launch.all_reduce(losses).tolist()
         # Clipped apart: one joint norm would let the critic's error shrink the policy's step (DeepSpeed
         # clips the policy by rl.max_grad_norm itself).
-        torch.nn.utils.clip_grad_norm_(self.head.parameters(), s["max_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(self.head.parameters(), s.max_grad_norm)
         self.head_optimizer.step()
         if self.engine:
             self.engine.step()
         else:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s["max_grad_norm"])
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
             self.optimizer.step()
         self.stats["policy_loss"] += loss_pi
         self.stats["value_loss"] += loss_v
@@ -306,16 +307,16 @@ STATE = "ppo_state.pt"  # a checkpoint's training state (checkpoints.TRAINING_ST
 DEEPSPEED = "deepspeed"  # a checkpoint's subdirectory of DeepSpeed's optimizer shards
 
 
-def sharded(model, optimizer, settings: Mapping, micro_batch: int):
+def sharded(model, optimizer, settings: RLSettings, micro_batch: int):
     """The policy and its optimizer under DeepSpeed (`rl.deepspeed`): ZeRO-2 shards the gradients and
     Adam states over the workers; bf16 on GPUs when `rl.bf16`. Returns the engine and its optimizer."""
     import deepspeed
     import torch
 
-    if settings["deepspeed"] != "zero2":
-        raise ValueError(f"config key rl.deepspeed: ppo takes zero2, not {settings['deepspeed']}: zero3 shards the "
+    if settings.deepspeed != "zero2":
+        raise ValueError(f"config key rl.deepspeed: ppo takes zero2, not {settings.deepspeed}: zero3 shards the "
                          "weights, which every rollout needs whole on each worker")
-    config = launch.deepspeed_settings("zero2", micro_batch, settings["max_grad_norm"], settings["bf16"] and torch.cuda.is_available())
+    config = launch.deepspeed_settings("zero2", micro_batch, settings.max_grad_norm, settings.bf16 and torch.cuda.is_available())
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return engine, optimizer
@@ -326,8 +327,8 @@ def _chunks(items: Sequence, size: int):
         yield items[start : start + size]
 
 
-def run(*, job: Job, task: Task, settings: Mapping) -> list[dict]:
-    """PPO from `job.start` for `settings['updates']` updates on the hands in `task.train`, publishing each
+def run(*, job: Job, task: Task, settings: RLSettings) -> list[dict]:
+    """PPO from `job.start` for `settings.updates` updates on the hands in `task.train`, publishing each
     update in `job.outputs`. Checkpoints as the Trainer runs do (each output update and every tenth of the
     run) and resumes from the newest one in `job.work`: the same updates as an uninterrupted run, bit for
     bit."""
@@ -342,8 +343,8 @@ def run(*, job: Job, task: Task, settings: Mapping) -> list[dict]:
     tokenizer = models.load_tokenizer(job.start)
     main, work, log, probe = launch.is_main(), job.work, job.log, task.probe
     trainer = PPO(model, tokenizer, settings, task.verifier, job.seed)
-    log(f"workers: {launch.world_size()}; deepspeed: {'enabled (' + settings['deepspeed'] + ')' if trainer.engine else 'no'}")
-    per_update, samples, updates = settings["prompts_per_update"], settings["num_generations"], settings["updates"]
+    log(f"workers: {launch.world_size()}; deepspeed: {'enabled (' + settings.deepspeed + ')' if trainer.engine else 'no'}")
+    per_update, samples, updates = settings.prompts_per_update, settings.num_generations, settings.updates
     if per_update * samples < launch.world_size():
         raise ValueError(f"config keys rl.prompts_per_update x rl.num_generations: {per_update * samples} episodes per "
                          f"update do not give each of {launch.world_size()} workers one")
@@ -368,7 +369,7 @@ def run(*, job: Job, task: Task, settings: Mapping) -> list[dict]:
         scored = [pair for share in launch.gather_objects([(t.category, t.reward) for t in steps]) for pair in share]
         if main:
             row = {"update": update, **rl.verdict_summary(scored), **trainer.stats}
-            if update % settings["probe"]["every"] == 0 or update == updates:
+            if update % settings.probe.every == 0 or update == updates:
                 row.update(probe(model, tokenizer))
             log_rows.append(row)
             checkpoints.save_rows(work, log_rows)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rlheals import cards, checkpoints, episodes, evaluate, launch, model_ids, models
 from rlheals.jobs import Job, Task
+from rlheals.settings import ControlSettings, RLSettings
 from rlheals.verify import CATEGORIES, Verifier
 
 TRL_ALGOS = ("grpo", "rloo")
@@ -99,36 +100,36 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def trl_config(algo: str, settings: Mapping, work: Path, seed: int):
+def trl_config(algo: str, settings: RLSettings, work: Path, seed: int):
     """GRPOConfig / RLOOConfig: one update = `prompts_per_update` prompts x `num_generations` samples,
     one optimizer step on them, and the shared device flags."""
     from trl import GRPOConfig, RLOOConfig
 
     config_class = GRPOConfig if algo == "grpo" else RLOOConfig
     return config_class(
-        **launch.trainer_flags(work, seed, settings["bf16"], settings.get("deepspeed")),
-        max_steps=settings["updates"],
+        **launch.trainer_flags(work, seed, settings.bf16, settings.deepspeed),
+        max_steps=settings.updates,
         per_device_train_batch_size=launch.per_device_batch(
-            settings["prompts_per_update"] * settings["num_generations"], 1, "rl.prompts_per_update"),
+            settings.prompts_per_update * settings.num_generations, 1, "rl.prompts_per_update"),
         gradient_accumulation_steps=1,
-        num_generations=settings["num_generations"],
-        max_completion_length=settings["max_new_tokens"],
-        temperature=settings["temperature"],
+        num_generations=settings.num_generations,
+        max_completion_length=settings.max_new_tokens,
+        temperature=settings.temperature,
         top_p=1.0,
-        learning_rate=settings["lr"],
-        lr_scheduler_type=settings["lr_scheduler"],
+        learning_rate=settings.lr,
+        lr_scheduler_type=settings.lr_scheduler,
         warmup_steps=0,
-        max_grad_norm=settings["max_grad_norm"],
-        beta=settings["kl_coef"],
+        max_grad_norm=settings.max_grad_norm,
+        beta=settings.kl_coef,
         num_iterations=1,
         logging_steps=1,
     )
 
 
-def run(algo: str, *, job: Job, task: Task, settings: Mapping, sft_settings: Mapping | None = None) -> list[dict]:
-    """One RL run of `algo` (grpo | rloo | ppo, or the control sft_continue, which trains with
-    `sft_settings`) from `job.start` on `task.train`, publishing each update in `job.outputs` and resuming
-    from `job.work`; returns the per-update log rows."""
+def run(algo: str, *, job: Job, task: Task, settings: RLSettings | ControlSettings) -> list[dict]:
+    """One RL run of `algo` (grpo | rloo | ppo, or the continued-SFT control) from `job.start` on
+    `task.train`, publishing each update in `job.outputs` and resuming from `job.work`; returns the
+    per-update log rows. `settings`: settings.rl_settings(algo, ...)."""
     if algo in TRL_ALGOS:
         return run_trl(algo, job=job, task=task, settings=settings)
     if algo == "ppo":
@@ -136,13 +137,11 @@ def run(algo: str, *, job: Job, task: Task, settings: Mapping, sft_settings: Map
 
         return ppo.run(job=job, task=task, settings=settings)
     if algo == CONTROL:
-        if sft_settings is None:
-            raise ValueError("the continued-SFT control needs the sft settings")
-        return run_control(job=job, task=task, settings=settings, sft_settings=sft_settings)
+        return run_control(job=job, task=task, settings=settings)
     raise ValueError(f"unknown RL algo {algo!r} (one of {[*TRL_ALGOS, 'ppo', CONTROL]})")
 
 
-def run_trl(algo: str, *, job: Job, task: Task, settings: Mapping) -> list[dict]:
+def run_trl(algo: str, *, job: Job, task: Task, settings: RLSettings) -> list[dict]:
     """GRPO or RLOO; the Trainer restores optimizer, scheduler and RNG on resume."""
     import datasets
     import torch
@@ -167,8 +166,8 @@ def run_trl(algo: str, *, job: Job, task: Task, settings: Mapping) -> list[dict]
         train_dataset=datasets.Dataset.from_list(prompt_rows(task.train, task.rules, task.fmt)),
         processing_class=tokenizer,
     )
-    for callback in (UpdateLog(reward, task.probe, settings["probe"]["every"], tokenizer, log_rows, job.work, job.log),
-                     Checkpoints(trainer, settings["updates"], job.work, job.outputs, job.log)):
+    for callback in (UpdateLog(job, reward, task.probe, settings.probe.every, tokenizer, log_rows),
+                     Checkpoints(trainer, settings.updates, job.work, job.outputs, job.log)):
         trainer.add_callback(callback)
     trainer.remove_callback(PrinterCallback)
     job.log(f"workers: {launch.world_size()}; deepspeed enabled: {trainer.is_deepspeed_enabled}")
@@ -178,20 +177,16 @@ def run_trl(algo: str, *, job: Job, task: Task, settings: Mapping) -> list[dict]
     return log_rows
 
 
-def run_control(*, job: Job, task: Task, settings: Mapping, sft_settings: Mapping) -> list[dict]:
+def run_control(*, job: Job, task: Task, settings: ControlSettings) -> list[dict]:
     """The control arm: SFT continued from `job.start` on the RL run's hands, with as many optimizer steps
     of `prompts_per_update` hands as the RL run has updates, so it sees the same hands the same number of
     times. Without it "RL heals" cannot be told from "RL merely stops SFT's drift"."""
     from rlheals import sft
     from rlheals.callbacks import UpdateLog
 
-    continued = {**sft_settings, "max_steps": settings["updates"], "batch_size": settings["prompts_per_update"],
-                 "grad_accum": 1, "logging_steps": settings["probe"]["every"],
-                 "eval_examples": settings["probe"]["episodes"]}
     probe_rows = checkpoints.load_rows(job.work, checkpoints.step_of(checkpoints.last_checkpoint(job.work)))
-    callback = UpdateLog(None, task.probe, settings["probe"]["every"], models.load_tokenizer(job.start), probe_rows,
-                         job.work, job.log)
-    losses = sft.run(job=job, task=task, settings=continued, callbacks=[callback])
+    callback = UpdateLog(job, None, task.probe, settings.probe.every, models.load_tokenizer(job.start), probe_rows)
+    losses = sft.run(job=job, task=task, settings=settings.sft, callbacks=[callback])
     by_update = {r["update"]: r for r in probe_rows}
     for loss in losses:
         by_update.setdefault(loss["step"], {"update": loss["step"]}).update(

@@ -4,6 +4,7 @@ DeepSpeed. Everything runs in an undeclared work directory; declared outputs are
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from rlheals import cards, checkpoints, launch, models, runlog
 from rlheals.jobs import Job, Task
+from rlheals.settings import SFTSettings
 
 def conversations(rows: Sequence[Mapping], rules: Mapping[str, cards.Rule], fmt: str) -> list[dict]:
     """Dataset rows as TRL prompt-completion conversations (the loss falls on the completion only)."""
@@ -48,29 +50,29 @@ def freeze(model, specs: Sequence[Mapping]) -> list[str]:
     return frozen
 
 
-def training_args(settings: Mapping, work: Path, held_out: bool = True):
+def training_args(settings: SFTSettings, work: Path, held_out: bool = True):
     """SFTConfig from the `sft` config slice and the shared device flags. With `held_out`, the held-out
     sets are evaluated at every logging step."""
     from trl import SFTConfig
 
     return SFTConfig(
-        **launch.trainer_flags(work, settings["seed"], settings["bf16"], settings.get("deepspeed")),
-        max_steps=settings["max_steps"],
-        per_device_train_batch_size=launch.per_device_batch(settings["batch_size"], settings["grad_accum"], "batch_size"),
-        gradient_accumulation_steps=settings["grad_accum"],
-        per_device_eval_batch_size=launch.per_device_batch(settings["batch_size"], 1, "batch_size"),
-        learning_rate=settings["lr"],
-        lr_scheduler_type=settings["lr_scheduler"],
-        warmup_steps=settings["warmup_ratio"],  # a float < 1 is a share of max_steps
-        adam_beta1=settings["adam_beta1"],
-        adam_beta2=settings["adam_beta2"],
-        adam_epsilon=settings["adam_epsilon"],
-        weight_decay=settings["weight_decay"],
-        max_grad_norm=settings["max_grad_norm"],
-        logging_steps=settings["logging_steps"],
+        **launch.trainer_flags(work, settings.seed, settings.bf16, settings.deepspeed),
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=launch.per_device_batch(settings.batch_size, settings.grad_accum, "batch_size"),
+        gradient_accumulation_steps=settings.grad_accum,
+        per_device_eval_batch_size=launch.per_device_batch(settings.batch_size, 1, "batch_size"),
+        learning_rate=settings.lr,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=settings.warmup_ratio,  # a float < 1 is a share of max_steps
+        adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2,
+        adam_epsilon=settings.adam_epsilon,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        logging_steps=settings.logging_steps,
         eval_strategy="steps" if held_out else "no",
-        eval_steps=settings["logging_steps"],
-        max_length=settings["max_length"],
+        eval_steps=settings.logging_steps,
+        max_length=settings.max_length,
         completion_only_loss=True,
         packing=False,
         save_only_model=False,
@@ -104,7 +106,7 @@ def loss_table(log_history: Sequence[Mapping]) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def run(*, job: Job, task: Task, settings: Mapping, callbacks=()) -> list[dict]:
+def run(*, job: Job, task: Task, settings: SFTSettings, callbacks=()) -> list[dict]:
     """Train from `job.start` on `task.train` (held-out losses on `task.id_test` / `task.ood_test`),
     publishing every step in `job.outputs`; resume from `job.work` if an earlier run was killed.
     `callbacks`: more TrainerCallbacks (the RL control's probe)."""
@@ -117,22 +119,22 @@ def run(*, job: Job, task: Task, settings: Mapping, callbacks=()) -> list[dict]:
     datasets.disable_progress_bars()  # the job log gets our per-step lines instead
     torch.set_num_threads(job.threads)
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
-    settings = {**settings, "seed": job.seed}
+    settings = dataclasses.replace(settings, seed=job.seed)
     work, log = job.work, job.log
     work.mkdir(parents=True, exist_ok=True)
     main = launch.is_main()  # of several workers, one writes what they share
     if main:
-        (work / "settings.json").write_text(json.dumps(settings, sort_keys=True))
+        (work / "settings.json").write_text(json.dumps(dataclasses.asdict(settings), sort_keys=True))
         if 0 in job.outputs:  # step 0 is the base model itself
             checkpoints.publish(job.start, job.outputs[0], work)
     resume = checkpoints.resume_point(job.outputs, work)
 
     model = models.load_model(job.start, dtype=torch.float32)
     tokenizer = models.load_tokenizer(job.start)
-    frozen = freeze(model, settings["freeze"])
+    frozen = freeze(model, settings.freeze)
     if frozen:
         log(f"frozen: {len(frozen)} tensors ({frozen[0]} ...)")
-    n_eval = settings["eval_examples"]
+    n_eval = settings.eval_examples
     trainer = trainer_class()(
         model=model,
         args=training_args(settings, work),
@@ -143,7 +145,7 @@ def run(*, job: Job, task: Task, settings: Mapping, callbacks=()) -> list[dict]:
         },
         processing_class=tokenizer,
     )
-    for callback in (Checkpoints(trainer, settings["max_steps"], work, job.outputs, log), LogLosses(log), *callbacks):
+    for callback in (Checkpoints(trainer, settings.max_steps, work, job.outputs, log), LogLosses(log), *callbacks):
         trainer.add_callback(callback)
     trainer.remove_callback(PrinterCallback)  # our on_log callback logs instead of print()
     log(f"workers: {launch.world_size()}; deepspeed enabled: {trainer.is_deepspeed_enabled}; trainable tensors: "

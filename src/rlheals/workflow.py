@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from rlheals import model_ids
+from rlheals import model_ids, settings
 
 PACKAGE = "rlheals"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -80,23 +80,6 @@ def code_hash(script: str | Path, package_dir: Path = PACKAGE_DIR) -> str:
 
 
 # --- What one RL run depends on -------------------------------------------------------------------------
-
-# rl.* keys that are the run list (which runs exist), not a run's settings.
-RL_LIST_KEYS = {"algos", "from_steps", "seeds", "control"}
-# rl.* keys an algo does not read: changing them reruns no run of that algo.
-RL_UNUSED_KEYS = {
-    "grpo": {"ppo", "verify_turns"},
-    "rloo": {"ppo", "verify_turns"},
-    "ppo": set(),
-    # The control trains as SFT does (with sft.deepspeed), on the run's hands for its number of updates.
-    model_ids.CONTROL: {
-        "ppo", "verify_turns", "deepspeed", "num_generations", "temperature", "kl_coef", "lr", "lr_scheduler",
-        "max_new_tokens", "max_grad_norm", "bf16", "rewards",
-    },
-}
-# sft.* keys the control does not read (the SFT run's length, saving and logging).
-CONTROL_UNUSED_SFT_KEYS = {"save_steps", "max_steps", "logging_steps", "eval_examples"}
-
 
 class Study:
     """The study a config describes: its SFT steps, RL runs, models, spectrum pairs and edits, and the
@@ -196,7 +179,7 @@ class Study:
         """What one RL run depends on: its algo's settings only (the run list keys are not among them)."""
         c = self.config
         algo, _, seed = model_ids.parse_rl_run(run)
-        skip = RL_LIST_KEYS | RL_UNUSED_KEYS[algo]
+        skip = settings.RUN_LIST_KEYS | settings.UNUSED_RL_KEYS[algo]
         out = {
             "game": c["game"],
             "prompt": c["prompt"],
@@ -207,7 +190,7 @@ class Study:
             "seed": seed,
         }
         if algo == model_ids.CONTROL:
-            out["sft"] = {k: v for k, v in c["sft"].items() if k not in CONTROL_UNUSED_SFT_KEYS}
+            out["sft"] = {k: v for k, v in c["sft"].items() if k not in settings.UNUSED_SFT_KEYS_OF_CONTROL}
         return out
 
     # --- DeepSpeed files: rule inputs, so editing one reruns the jobs that train with it ---

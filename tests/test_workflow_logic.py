@@ -1,0 +1,162 @@
+"""The workflow's logic (rlheals.workflow, rlheals.model_ids): code hashing for exact reruns, run lists,
+config slices, and the one model-id format. Fast: no snakemake run."""
+
+import ast
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlheals import model_ids, workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_config():
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+@pytest.fixture
+def package(tmp_path):
+    """A small package laid out as rlheals is: modules importing each other in every written form."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text('"""Module a."""\n\nfrom rlheals import (\n    b,\n    c,\n)\n\nX = 1  # one\n')
+    (pkg / "b.py").write_text("def f():\n    from rlheals.d import g\n    return g()\n")
+    (pkg / "c.py").write_text("import rlheals.e\n")
+    (pkg / "d.py").write_text("def g():\n    '''Docstring.'''\n    return 2\n")
+    (pkg / "e.py").write_text("Y = 3\n")
+    (pkg / "unused.py").write_text("Z = 4\n")
+    script = tmp_path / "script.py"
+    script.write_text("from rlheals import a  # noqa\nimport json\n")
+    return pkg, script
+
+
+def test_imports_are_found_however_they_are_written(package):
+    pkg, _ = package
+    assert workflow.package_imports(ast.parse((pkg / "a.py").read_text()), pkg) == {"b", "c"}  # wrapped
+    assert workflow.package_imports(ast.parse((pkg / "b.py").read_text()), pkg) == {"d"}  # inside a function
+    assert workflow.package_imports(ast.parse((pkg / "c.py").read_text()), pkg) == {"e"}  # import pkg.mod
+    assert workflow.package_imports(ast.parse("from rlheals import nothere\nimport os\n"), pkg) == set()
+
+
+def test_code_hash_ignores_comments_docstrings_and_layout_but_not_code(package):
+    pkg, script = package
+    before = workflow.code_hash(script, pkg)
+    d = pkg / "d.py"
+    d.write_text("def g():\n    '''Another docstring, longer.'''\n\n    # a comment\n    return 2  # two\n")
+    (pkg / "a.py").write_text('"""Module a, documented."""\nfrom rlheals import (b, c)\nX = 1\n')
+    assert workflow.code_hash(script, pkg) == before
+    d.write_text("def g():\n    return 3\n")  # a module reached only through a wrapped import, then a nested one
+    changed = workflow.code_hash(script, pkg)
+    assert changed != before
+    (pkg / "unused.py").write_text("Z = 5\n")  # a module the script does not reach
+    assert workflow.code_hash(script, pkg) == changed
+
+
+def test_every_script_hashes_the_modules_it_really_uses():
+    """Through the real package: the evaluation script's hash covers the decoding engine (reached through
+    evaluate), and the table scripts' hashes do not (they never import it)."""
+    evaluate_script = ROOT / "scripts" / "evaluate.py"
+    seen = workflow.package_imports(ast.parse(evaluate_script.read_text()))
+    assert {"evaluate", "episodes"} <= seen
+    assert "decoding" in workflow.package_imports(ast.parse((workflow.PACKAGE_DIR / "evaluate.py").read_text()))
+    tables = workflow.package_imports(ast.parse((workflow.PACKAGE_DIR / "tables.py").read_text()))
+    assert "evaluate" not in tables and "decoding" not in tables
+
+
+def test_model_ids_round_trip():
+    assert model_ids.parse("base")["stage"] == "base"
+    assert model_ids.parse("sft-120") == {"stage": "sft", "algo": None, "sft_step": 120, "rl_update": None, "seed": None}
+    assert model_ids.parse("rl-grpo-100-s1-u30") == {"stage": "rl", "algo": "grpo", "sft_step": 100, "rl_update": 30,
+                                                     "seed": 1}
+    assert model_ids.parse("rl-sft_continue-6")["algo"] == model_ids.CONTROL
+    assert model_ids.parse("edit-dirs_top20") == {"stage": "edit", "algo": "dirs_top20", "sft_step": None,
+                                                  "rl_update": None, "seed": None}
+    assert model_ids.rl(model_ids.rl_run("ppo", 40, 2, seeded=True), 30) == "rl-ppo-40-s2-u30"
+    assert model_ids.rl_run("ppo", 40, 1, seeded=False) == "ppo-40"
+    assert model_ids.parse_rl_run("grpo-100-s2") == ("grpo", 100, 2)
+    assert model_ids.parse_rl_run("grpo-100").seed == 1
+    assert model_ids.sft_step("results/models/sft-40") == 40
+    assert model_ids.rl_update("results/models/rl-grpo-6-u1") == 1
+    for bad in ("sft_120", "rl-grpo", "edit-", "sft-1x"):
+        with pytest.raises(ValueError, match="not a model id"):
+            model_ids.parse(bad)
+    with pytest.raises(ValueError, match="not an RL run id"):
+        model_ids.parse_rl_run("grpo")
+
+
+def test_the_wildcard_regex_and_the_parser_agree():
+    import re
+
+    study = workflow.Study(default_config())
+    for model_id in [*study.eval_models, "rl-ppo-10-s3-u5"]:
+        assert re.fullmatch(model_ids.MODEL_ID, model_id), model_id
+        model_ids.parse(model_id)
+    for run in study.rl_runs:
+        assert re.fullmatch(model_ids.RL_RUN, run)
+    assert not re.fullmatch(model_ids.MODEL_ID, "sft-10-extra")
+
+
+def test_study_lists_runs_models_pairs_and_edits():
+    config = default_config()
+    study = workflow.Study(config)
+    assert study.sft_steps == sorted(config["sft"]["save_steps"])
+    assert study.last_sft == f"sft-{max(config['sft']['save_steps'])}"
+    n_runs = (len(config["rl"]["algos"]) + 1) * len(config["rl"]["from_steps"]) * config["rl"]["seeds"]
+    assert len(study.rl_runs) == n_runs and "sft_continue-100-s2" in study.rl_runs
+    assert "rl-grpo-600-s1-u30" in study.rl_models and "edit-layers25" in study.eval_models
+    assert ("base", "sft-600") in study.spectrum_pairs and ("sft-200", "sft-600") in study.spectrum_pairs
+    assert ("sft-100", "rl-grpo-100-s1") in study.spectrum_pairs
+    assert len(set(study.spectrum_pairs)) == len(study.spectrum_pairs)
+    assert set(study.edit_inputs("dirs_top20")) == {"base", "target", "svd_base", "svd_target"}
+    assert set(study.edit_inputs("layers25")) == {"base", "target"}  # a layer reset needs no SVD
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda c: c["restore"]["edits"].append(dict(c["restore"]["edits"][0])), "edit names must be unique"),
+    (lambda c: c["restore"]["edits"][0].update(base="sft-999"), "restore.edits.dirs_top20.base: 'sft-999' is not a model"),
+    (lambda c: c["spectrum"].update(best_ood_step=7), "spectrum.best_ood_step: 'sft-7' is not a model"),
+    (lambda c: c["spectrum"].update(pairs=[["base", "rl-grpo-1"]]), "spectrum.pairs.0: 'rl-grpo-1' is not a model"),
+    (lambda c: c["restore"]["edits"].append({"name": "x", "kind": "layers", "base": "sft-200", "target": "sft-600"}),
+     "restore.edits.x.layers: kind 'layers' needs layers"),
+])
+def test_study_refuses_models_it_does_not_make(edit, words):
+    config = copy.deepcopy(default_config())
+    edit(config)
+    with pytest.raises(ValueError, match=words):
+        workflow.Study(config)
+
+
+def test_each_rl_run_depends_on_its_own_algo_settings_only():
+    config = default_config()
+    config["rl"]["algos"] = ["grpo", "ppo"]
+    base = workflow.Study(config)
+    changed = copy.deepcopy(config)
+    changed["rl"]["ppo"]["clip"] = 0.3  # a PPO setting
+    changed["rl"]["seeds"] = 3  # the run list itself
+    changed["sft"]["logging_steps"] = 5  # the SFT run's logging: not the control's
+    changed["sft"]["eval_examples"] = 16
+    other = workflow.Study(changed)
+    for run in ("grpo-100-s1", "sft_continue-100-s1"):
+        assert workflow.canonical(base.rl_slice(run)) == workflow.canonical(other.rl_slice(run)), run
+    assert workflow.canonical(base.rl_slice("ppo-100-s1")) != workflow.canonical(other.rl_slice("ppo-100-s1"))
+    assert base.rl_slice("grpo-100-s2")["seed"] == 2
+    changed["sft"]["lr"] = 1e-3  # the control trains with the SFT settings
+    assert base.rl_slice("sft_continue-100-s1") != workflow.Study(changed).rl_slice("sft_continue-100-s1")
+
+
+def test_canonical_ignores_key_order():
+    assert workflow.canonical({"b": 1, "a": {"d": 2, "c": 3}}) == workflow.canonical({"a": {"c": 3, "d": 2}, "b": 1})
+
+
+def test_deepspeed_files_are_inputs_of_the_jobs_that_train_with_them():
+    config = default_config()
+    config["sft"]["deepspeed"], config["rl"]["deepspeed"] = "zero3", "zero2"
+    study = workflow.Study(config)
+    assert study.sft_deepspeed() == ["config/deepspeed/zero3.json"]
+    assert study.rl_deepspeed("grpo-100-s1") == ["config/deepspeed/zero2.json"]
+    assert study.rl_deepspeed("sft_continue-100-s1") == ["config/deepspeed/zero3.json"]  # the control trains as SFT
+    assert all((ROOT / path).exists() for path in [*study.sft_deepspeed(), *study.rl_deepspeed("grpo-100-s1")])
+    assert workflow.Study(default_config()).sft_deepspeed() == []
