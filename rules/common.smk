@@ -42,19 +42,11 @@ def get_final_output():
         "results/tables/restoration.parquet",
         "results/tables/findings.parquet",
         "results/tables/checkpoints.parquet",
-        *[f"results/figures/{name}.svg" for name in FIGURES],
+        *[fig.svg for fig in FIGURES],
     ]
 
 
-FIGURES = [
-    "sft_accuracy",
-    "format_errors",
-    "spectrum_by_rank",
-    "rotation_heatmaps",
-    "update_norms",
-    "rotation_vs_ood",
-    "restoration",
-]
+from rlheals.report import FIGURES
 
 
 wildcard_constraints:

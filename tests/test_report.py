@@ -1,13 +1,18 @@
+import ast
+import inspect
 import math
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import ROOT
 
 from rlheals import figures, findings, tables
+from rlheals.report import FIGURES, SPECTRUM_PAIR_FILES, figure
 
 
 def accuracy_rows(ood_by_step: dict[int, float], rl: dict[tuple[str, int, int], float] = {}, n: int = 500) -> pl.DataFrame:
@@ -56,6 +61,47 @@ def test_recovery_standard_error_and_rank_correlation():
     assert 0.1 < se < 0.5 and math.isnan(findings.recovery_se(0.1, 0.1, 0.1, 500))
     assert findings.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert findings.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_every_figure_of_the_table_has_its_builder_caption_and_preparation():
+    builders = [fig.builder for fig in FIGURES]
+    assert len(set(builders)) == len(builders) and len({fig.name for fig in FIGURES}) == len(FIGURES)
+    script = ast.parse((ROOT / "scripts" / "figure.py").read_text())
+    prepare = next(node.value for node in script.body if isinstance(node, ast.Assign)
+                   and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["PREPARE"])
+    preparations = {key.value for key in prepare.keys}
+    for fig in FIGURES:
+        builder = getattr(figures, fig.builder, None)
+        assert callable(builder), f"{fig.name}: rlheals.figures has no {fig.builder}"
+        assert (ROOT / "rules" / "captions" / fig.caption).is_file(), f"{fig.name}: no caption {fig.caption}"
+        assert fig.inputs and fig.category
+        if fig.prepare is None:  # the builder takes the input tables, then the params
+            assert len(inspect.signature(builder).parameters) == len(fig.inputs) + len(fig.params), fig.name
+        else:
+            assert fig.prepare in preparations, f"{fig.name}: figure.py has no preparation {fig.prepare}"
+        assert figure(fig.name) is figure(f"figure_{fig.name}") is fig
+    with pytest.raises(KeyError, match="no figure called 'nope'"):
+        figure("nope")
+
+
+def test_a_figure_entry_gives_its_rule_the_paths_and_the_file_lists_it_names():
+    by_rank = figure("spectrum_by_rank")
+    pairs = ["results/spectrum/base__sft-6.parquet", "results/spectrum/sft-6__rl-grpo-6.parquet"]
+    assert by_rank.input_files({SPECTRUM_PAIR_FILES: pairs}) == {"pairs": pairs}
+    with pytest.raises(KeyError, match="spectrum_pair_files"):
+        by_rank.input_files({})
+    assert figure("sft_accuracy").input_files({})["losses"] == "results/tables/sft_log.parquet"
+    assert (by_rank.svg, by_rank.html, by_rank.log) == ("results/figures/spectrum_by_rank.svg",
+                                                       "results/figures/spectrum_by_rank.html",
+                                                       "logs/figures/spectrum_by_rank.log")
+
+
+def test_the_table_of_figures_imports_nothing_heavy():
+    """The Snakefile imports it at parse time, and every cluster job re-parses the Snakefile."""
+    heavy = ("polars", "altair", "torch", "numpy", "pandas")
+    code = f"import sys, rlheals.report; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_figures_render_offline_to_svg(tmp_path):
@@ -114,7 +160,7 @@ def test_report_and_every_figure_render_offline_in_chromium(workflow, tmp_path):
     workflow.run("--report", "report.html")
     figures_dir = workflow.path / "results" / "figures"
     pages = sorted(figures_dir.glob("*.html"))
-    assert len(pages) == 7
+    assert [page.stem for page in pages] == sorted(fig.name for fig in FIGURES)
     for page in pages:
         html = page.read_text()
         assert not re.search(r"<(script|link)[^>]+(src|href)=\"https?://", html), page.name  # nothing fetched
