@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from rlheals import model_ids
+from rlheals.report import FIGURES
 from rlheals.workflow import SPLITS, TEST_SPLITS, Study, canonical, code_hash
 
 study = Study(config)
@@ -44,9 +45,6 @@ def get_final_output():
         "results/tables/checkpoints.parquet",
         *[fig.svg for fig in FIGURES],
     ]
-
-
-from rlheals.report import FIGURES
 
 
 wildcard_constraints:

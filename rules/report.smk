@@ -1,6 +1,6 @@
-from rlheals.report import FIGURES, SPECTRUM_PAIR_FILES
+from rlheals.report import SPECTRUM_PAIR_FILES
 
-LAST_SFT = f"sft-{SFT_STEPS[-1]}"
+LAST_SFT = study.last_sft
 RL_PAIRS = [(a, b) for a, b in SPECTRUM_PAIRS if b.startswith("rl-")]
 STYLE = config["report"]
 

@@ -24,7 +24,7 @@ def save(chart: alt.TopLevelMixin, svg: str | Path, html: str | Path) -> None:
 
 
 def _sft(accuracy: pl.DataFrame) -> pl.DataFrame:
-    return accuracy.filter(pl.col("stage").is_in(["base", "sft"])).unique(["sft_step", "rule"]).sort("sft_step")
+    return accuracy.filter(pl.col("stage").is_in(["base", "sft"])).unique(["sft_step", "rule"]).sort("sft_step", "rule")
 
 
 def sft_accuracy(accuracy: pl.DataFrame, losses: pl.DataFrame, recovery: pl.DataFrame) -> alt.HConcatChart:
@@ -79,7 +79,7 @@ def recovery_window(recovery: pl.DataFrame) -> pl.DataFrame:
     """Start steps where every RL seed ended above every control seed on OOD (the findings table's test),
     as [start, end] spans reaching halfway to the neighbouring steps."""
     ood = recovery.filter(pl.col("rule") == "ood")
-    rl_arm = ood.filter(pl.col("algo") != "sft_continue").group_by("sft_step").agg(pl.col("acc_after_min").max().alias("acc_after"))
+    rl_arm = ood.filter(pl.col("algo") != "sft_continue").group_by("sft_step").agg(pl.col("acc_after_min").max().alias("acc_after")).sort("sft_step")
     control = ood.filter(pl.col("algo") == "sft_continue").select("sft_step", pl.col("acc_after_max").alias("control"))
     joined = rl_arm.join(control, on="sft_step").sort("sft_step")
     steps = joined["sft_step"].to_list()
@@ -134,7 +134,8 @@ def rotation_heatmaps(summary: pl.DataFrame, last_sft: str) -> alt.HConcatChart:
 
 def rotation_heatmap(summary: pl.DataFrame, title: str, metric: str = "u_angle_mean_deg") -> alt.Chart:
     """Mean top-k principal angle (degrees) by layer x module, averaged over the pairs given."""
-    cells = summary.filter(pl.col("layer").is_not_null()).group_by("layer", "module").agg(pl.col(metric).mean())
+    cells = (summary.filter(pl.col("layer").is_not_null()).group_by("layer", "module").agg(pl.col(metric).mean())
+             .sort("layer", "module"))  # group_by's order varies from run to run: the SVG must not
     return alt.Chart(cells).mark_rect().encode(
         alt.X("module:N", sort=["q", "k", "v", "o", "gate", "up", "down"]), alt.Y("layer:O"),
         alt.Color(f"{metric}:Q", title="angle (deg)", scale=alt.Scale(scheme="viridis")),
@@ -169,9 +170,9 @@ def restoration(table: pl.DataFrame) -> alt.HConcatChart:
 
 def update_norms(summary: pl.DataFrame) -> alt.Chart:
     """Relative update norm ||dW|| / ||W|| by module and layer: SFT (base -> last SFT step) vs RL (SFT
-    step -> RL model) and the control, as in seed 003 (mean over the runs of each stage)."""
+    step -> RL model) and the control, as the "Scalpel vs. Hammer" paper draws it (mean over the runs of each stage)."""
     cells = summary.filter(pl.col("layer").is_not_null()).group_by("stage", "layer", "module").agg(
-        pl.col("relative_update_norm").mean())
+        pl.col("relative_update_norm").mean()).sort("stage", "layer", "module")
     return alt.Chart(cells).mark_bar().encode(
         alt.X("module:N", sort=["q", "k", "v", "o", "gate", "up", "down"], title=None), alt.XOffset("stage:N"),
         alt.Y("relative_update_norm:Q", title="||dW|| / ||W||"), alt.Color("stage:N"),
