@@ -1,3 +1,4 @@
+import os
 import shutil
 import subprocess
 import sys
@@ -5,17 +6,27 @@ from pathlib import Path
 
 import pytest
 
+from rlheals import report
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "config", "envs", "slurm", "requirements.txt", "requirements-analysis.txt")
+
+# The smoke study's figures, and what an SFT change reruns downstream on the smoke config: 3 RL runs from
+# sft-6 (grpo, ppo, control); the evaluation of 4 SFT checkpoints, 6 RL models and 3 edits; the SVD of
+# every compared model but the base; all 8 spectrum pairs; the 3 edits; every table and figure.
+FIGURES = tuple(figure.name for figure in report.FIGURES)
+AFTER_SFT = {"rl": 3, "evaluate": 4 + 6 + 3, "svd": 6, "spectrum": 8, "restore": 3, "rl_log_table": 1,
+             "spectrum_table": 1, "accuracy_table": 1, "restoration_table": 1, "report_tables": 1,
+             "checkpoints_table": 1, **{f"figure_{name}": 1 for name in FIGURES}, "all": 1}
 
 
 class Workflow:
     """A copy of the workflow in a temporary directory, run with the smoke config."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, copy: bool = True):
         self.path = path
-        for part in WORKFLOW_PARTS:
+        for part in WORKFLOW_PARTS if copy else ():
             src = ROOT / part
             (shutil.copytree if src.is_dir() else shutil.copy)(src, path / part)
 
@@ -36,11 +47,81 @@ class Workflow:
                 jobs[parts[0]] = int(parts[1])
         return jobs
 
+    def assert_complete(self, what: str, env=None) -> None:
+        """A dry run plans no job: every output is there and up to date (times, params, code, metadata)."""
+        jobs = self.dry_run_jobs(env=env)
+        if jobs:
+            why = self.run("-n", env=env).stdout  # with each job's reason
+            raise AssertionError(f"{what} is not complete: a dry run plans {jobs}\n{why[-4000:]}")
+
     def write_config(self, name: str, text: str) -> str:
         (self.path / "config" / name).write_text(text)
         return f"config/{name}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_environment() -> dict[str, str]:
+    """The environment as the session began, which every snakemake run of the tests inherits."""
+    return dict(os.environ)
+
+
+@pytest.fixture(autouse=True)
+def no_environment_leaks(session_environment):
+    """What a test sets in os.environ ends with it. In-process code sets variables that change the numbers
+    of later snakemake jobs (the evaluation engine sets TRANSFORMERS_SDPA_FORCE_GQA=1 on the CPU, under
+    which training takes another attention path: other weights). Without this, a study built before such
+    a test and one built after it differ, and so the shared smoke study would differ from a rebuild."""
+    yield
+    for key in set(os.environ) - set(session_environment):
+        del os.environ[key]
+    for key, value in session_environment.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def workflow(tmp_path) -> Workflow:
     return Workflow(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory, session_environment) -> Workflow:
+    """The whole smoke study, run once per session on first use (about 2 minutes on 2 cores). Never changed:
+    a test that needs a finished study takes its own copy (`finished_study`, `copy_of_smoke_study`)."""
+    study = Workflow(tmp_path_factory.mktemp("smoke-study"))
+    study.run(env=session_environment)
+    study.assert_complete("the smoke study", env=session_environment)
+    return study
+
+
+@pytest.fixture(scope="session")
+def copy_of_smoke_study(smoke_study, tmp_path_factory):
+    """Makes a copy of the finished smoke study: the workflow as it ran, results, logs, benchmarks and
+    snakemake's metadata (keyed by relative output paths), every file and folder with its times (copy2),
+    so that the copy is as complete as the original: a dry run plans nothing, which is checked here (a
+    copy that would rebuild fails loudly instead of rebuilding silently)."""
+
+    def copy() -> Workflow:
+        path = tmp_path_factory.mktemp("finished-smoke-study")
+        shutil.copytree(smoke_study.path, path, symlinks=True, dirs_exist_ok=True,
+                        ignore=lambda folder, names: {"locks"} & set(names) if Path(folder).name == ".snakemake" else ())
+        study = Workflow(path, copy=False)
+        study.assert_complete(f"the copy of the smoke study in {path}")
+        return study
+
+    return copy
+
+
+@pytest.fixture
+def finished_study(copy_of_smoke_study) -> Workflow:
+    """This test's own copy of the finished smoke study: it may change anything in it."""
+    return copy_of_smoke_study()
+
+
+@pytest.fixture(scope="session")
+def smoke_sft_from_scratch(tmp_path_factory, session_environment) -> Workflow:
+    """The smoke config's data, base model and SFT checkpoints made again from nothing, in another directory,
+    to compare with the smoke study's (same config and seeds: byte-identical)."""
+    again = Workflow(tmp_path_factory.mktemp("smoke-sft-from-scratch"))
+    again.run("results/data/manifest.json", "results/tables/sft_log.parquet", env=session_environment)
+    return again

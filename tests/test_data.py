@@ -1,6 +1,7 @@
 import json
 import shutil
 
+from conftest import AFTER_SFT, ROOT
 from rlheals import cards, data
 from rlheals.data import SPLITS, TEST_SPLITS, TRAIN_SPLITS
 
@@ -27,16 +28,6 @@ def keys(rows):
     return {cards.value_key(r["values"]) for r in rows}
 
 
-# What an SFT change reruns downstream on the smoke config: 3 RL runs from sft-6 (grpo, ppo, control);
-# the evaluation of 4 SFT checkpoints, 6 RL models and 3 edits; the SVD of every compared model but the
-# base; all 8 spectrum pairs; the 3 edits; every table and figure.
-FIGURES = ("sft_accuracy", "format_errors", "spectrum_by_rank", "rotation_heatmaps", "update_norms", "rotation_vs_ood",
-           "restoration")
-AFTER_SFT = {"rl": 3, "evaluate": 4 + 6 + 3, "svd": 6, "spectrum": 8, "restore": 3, "rl_log_table": 1,
-             "spectrum_table": 1, "accuracy_table": 1, "restoration_table": 1, "report_tables": 1,
-             "checkpoints_table": 1, **{f"figure_{name}": 1 for name in FIGURES}, "all": 1}
-
-
 def test_splits_are_solvable_follow_their_rule_and_never_leak():
     made = {split: data.make_split(split, GAME, DATA) for split in SPLITS}
     rules = data.rules_from_config(GAME)
@@ -60,10 +51,10 @@ def test_generation_is_deterministic_and_seeded():
     assert data.make_split("id_test", GAME, other) != data.make_split("id_test", GAME, DATA)
 
 
-def test_workflow_data_rule(workflow):
-    """The data rules alone: split counts, no test hand in training, a completed run schedules nothing,
-    and the same seed from scratch gives byte-identical splits. (What a data change reruns downstream is
-    checked on the whole smoke study, in test_sft.)"""
+def test_workflow_data_rule(finished_study, smoke_sft_from_scratch):
+    """The data rules of the smoke study: split counts, no test hand in training, a completed run schedules
+    nothing, and the same seed from scratch (in another directory) gives byte-identical splits."""
+    workflow = finished_study
     workflow.run("results/data/manifest.json")
     out = workflow.path / "results" / "data"
     first = {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS}
@@ -79,15 +70,15 @@ def test_workflow_data_rule(workflow):
     assert workflow.dry_run_jobs("results/data/manifest.json") == {}
 
     # Same seed from scratch: byte-identical splits.
-    shutil.rmtree(workflow.path / "results")
-    workflow.run("results/data/manifest.json")
-    assert {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS} == first
+    again = smoke_sft_from_scratch.path / "results" / "data"
+    assert {s: (again / f"{s}.jsonl").read_bytes() for s in SPLITS} == first
 
 
-def data_setting_changes(workflow) -> None:
+def test_a_data_setting_change_reruns_only_what_depends_on_it(finished_study):
     """On a completed smoke study: a changed data setting reruns only the data job it touches and what
     depends on it (here SFT, the RL runs from its checkpoints and the evaluation of every model after SFT),
     never the other splits, the pretraining corpus or the base model; reordering keys reruns nothing."""
+    workflow = finished_study
     smoke = (workflow.path / "config" / "smoke.yaml").read_text()
     changed = workflow.write_config("changed.yaml", smoke.replace("size: 200", "size: 201"))
     assert workflow.dry_run_jobs(configfile=changed) == {
@@ -103,12 +94,11 @@ def data_setting_changes(workflow) -> None:
     assert workflow.dry_run_jobs(configfile=reordered) == {}
 
 
-def test_editing_a_package_module_reruns_the_rules_that_use_it(workflow):
+def test_editing_a_package_module_reruns_the_rules_that_use_it(finished_study):
     """Rules hash the rlheals modules their scripts import (transitively): here on a copy of the package."""
     import os
 
-    from conftest import ROOT
-
+    workflow = finished_study
     shutil.copytree(ROOT / "src", workflow.path / "src")
     env = {**os.environ, "PYTHONPATH": str(workflow.path / "src")}
     target = "results/data/manifest.json"

@@ -219,7 +219,8 @@ def test_model_ids_and_accuracy_table():
     assert table.height == 2 and table.filter(pl.col("model_id") == "base")["accuracy"].item() == 0.5
 
 
-def test_evaluation_rule_is_deterministic_and_refuses_broken_models(workflow):
+def test_evaluation_rule_is_deterministic_and_refuses_broken_models(finished_study):
+    workflow = finished_study  # its evaluations made by the smoke study, then again here
     workflow.run("results/eval/sft-6.parquet", "results/eval/sft-2.parquet")
     out = workflow.path / "results" / "eval" / "sft-6.parquet"
     first = hashlib.sha256(out.read_bytes()).hexdigest()
@@ -233,6 +234,7 @@ def test_evaluation_rule_is_deterministic_and_refuses_broken_models(workflow):
     assert "loaded on cpu in" in log
 
     # A truncated weights file: the job fails naming the file and writes no result.
+    (workflow.path / "results" / "eval" / "sft-4.parquet").unlink()  # the smoke study's, of the intact model
     weights = workflow.path / "results" / "models" / "sft-4" / "model.safetensors"
     data_bytes = weights.read_bytes()
     weights.unlink()  # the file may be a hard link shared with the work copy: replace, do not edit in place

@@ -431,10 +431,11 @@ def outputs_of(results: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_sft_and_rl_killed_by_sigkill_resume_to_the_same_outputs(workflow):
+def test_sft_and_rl_killed_by_sigkill_resume_to_the_same_outputs(finished_study):
     """Uninterrupted, then: SIGKILL of the SFT job and snakemake together after step 4 (a lost node), rerun
     with --rerun-incomplete (from step 3, between two logged steps); every RL job (grpo, ppo, control) SIGKILLed after update 2 (a job killed by
     the scheduler), rerun. Every model and log ends byte-identical to the uninterrupted run."""
+    workflow = finished_study  # the uninterrupted run: the smoke study's
     env = frozen_package(workflow)
     target = "results/tables/rl_log.parquet"
     workflow.run(target, env=env)

@@ -155,7 +155,8 @@ def drawn_share(image) -> float:
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt-get install chromium)")
-def test_report_and_every_figure_render_offline_in_chromium(workflow, tmp_path):
+def test_report_and_every_figure_render_offline_in_chromium(finished_study, tmp_path):
+    workflow = finished_study
     workflow.run()
     workflow.run("--report", "report.html")
     figures_dir = workflow.path / "results" / "figures"

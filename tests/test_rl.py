@@ -119,7 +119,8 @@ def test_one_rl_job_per_algo_step_and_seed(workflow):
     assert proc.returncode != 0 and "config key rl.from_steps: steps [3] are not in sft.save_steps" in proc.stdout + proc.stderr
 
 
-def test_rl_models_are_loadable_deterministic_and_reruns_stay_in_rl(workflow):
+def test_rl_models_are_loadable_deterministic_and_reruns_stay_in_rl(finished_study):
+    workflow = finished_study  # its RL runs made by the smoke study, then again here
     workflow.run("results/tables/rl_log.parquet")
     root = workflow.path / "results" / "models"
     runs = ["rl-grpo-6", "rl-ppo-6", "rl-sft_continue-6"]
@@ -149,7 +150,8 @@ def test_rl_models_are_loadable_deterministic_and_reruns_stay_in_rl(workflow):
     assert workflow.dry_run_jobs(target) == {}
 
 
-def test_rloo_runs_through_trl(workflow):
+def test_rloo_runs_through_trl(finished_study):
+    workflow = finished_study  # data, base and SFT as the smoke study made them; the RLOO run is new
     config = smoke_with(workflow, "rloo.yaml", "rl:\n  algos: [rloo]\n  from_steps: [6]\n  control: false\n  updates: 2\n  save_updates: []\n"
                                                "  prompts_per_update: 2\n  num_generations: 2\n  max_new_tokens: 8\n"
                                                "  probe: {every: 1, episodes: 4}\n")

@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 import torch
 
+from conftest import AFTER_SFT, FIGURES, SNAKEMAKE
 from rlheals import models, pretrain, sft
 from rlheals.settings import SFTSettings
-from test_data import AFTER_SFT, FIGURES, data_setting_changes
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2, "max_positions": 128}
 
@@ -47,68 +47,102 @@ def models_of(root: Path) -> dict[str, str]:
     return {p.name: sha256(p / "model.safetensors") for p in sorted(root.glob("sft-*"))}
 
 
-def test_smoke_study_end_to_end_reruns_and_determinism(workflow):
-    """The whole smoke study once: SFT checkpoints and losses, every analysis stage, the report; then what
-    a changed setting reruns (style, SFT, data), and the same config from scratch gives identical models."""
-    workflow.run()
-    root = workflow.path / "results" / "models"
-    first = models_of(root)
-    assert set(first) == {"sft-0", "sft-2", "sft-4", "sft-6"}
-    assert first["sft-0"] == sha256(root / "base" / "model.safetensors")  # step 0 is the base model
-    assert len(set(first.values())) == 4  # every step is a different model
-    for name in first:  # each checkpoint is a loadable Hugging Face directory, offline
+# --- the finished smoke study (built once per session), one concern per test -------------------------
+
+
+@pytest.fixture(scope="module")
+def study(copy_of_smoke_study):
+    """One copy of the finished smoke study for this module's checks, which only read it and plan (dry runs
+    with extra config files, and `--report`, which writes report.html)."""
+    return copy_of_smoke_study()
+
+
+def test_sft_saves_a_distinct_model_at_each_save_step_and_step_0_is_the_base(study):
+    root = study.path / "results" / "models"
+    saved = models_of(root)
+    assert set(saved) == {"sft-0", "sft-2", "sft-4", "sft-6"}
+    assert saved["sft-0"] == sha256(root / "base" / "model.safetensors")  # step 0 is the base model
+    assert len(set(saved.values())) == 4  # every step is a different model
+
+
+def test_every_sft_checkpoint_is_a_loadable_hugging_face_directory_without_trainer_state(study):
+    root = study.path / "results" / "models"
+    for name in ("sft-0", "sft-2", "sft-4", "sft-6"):  # offline
         model = models.load_model(root / name)
         tok = models.load_tokenizer(root / name)
         assert model.config.vocab_size == len(tok) and tok.chat_template
         assert not [p for p in (root / name).iterdir() if p.name.startswith(("optimizer", "rng_state"))]
-    losses = pl.read_parquet(workflow.path / "results" / "tables" / "sft_log.parquet")
+
+
+def test_sft_loss_table_has_train_and_heldout_losses_at_every_logged_step(study):
+    losses = pl.read_parquet(study.path / "results" / "tables" / "sft_log.parquet")
     assert losses["step"].to_list() == [0, 2, 4, 6]
     assert losses.filter(pl.col("step") > 0)["train_loss"].null_count() == 0
     assert losses["id_loss"].null_count() == 0 and losses["ood_loss"].null_count() == 0
-    assert not (workflow.path / "results" / "work").exists() or not list((workflow.path / "results" / "work").iterdir())
 
-    # The analysis stages ran on every configured pair and edit; the edited models were only a step.
-    results = workflow.path / "results"
+
+def test_a_finished_study_leaves_no_work_directory_behind(study):
+    work = study.path / "results" / "work"
+    assert not work.exists() or not list(work.iterdir())
+
+
+def test_spectrum_ran_on_every_configured_pair(study):
+    results = study.path / "results"
     pairs = [("base", "sft-2"), ("base", "sft-4"), ("base", "sft-6"), ("sft-2", "sft-4"), ("sft-2", "sft-6"),
              ("sft-6", "rl-grpo-6"), ("sft-6", "rl-ppo-6"), ("sft-6", "rl-sft_continue-6")]
     assert sorted(p.stem for p in (results / "spectrum").glob("*.parquet")) == sorted(f"{a}__{b}" for a, b in pairs)
     assert pl.read_parquet(results / "tables" / "spectrum.parquet").select("a", "b").n_unique() == len(pairs)
+
+
+def test_every_restoration_edit_is_evaluated_and_its_model_was_only_a_step(study):
+    results = study.path / "results"
     restoration = pl.read_parquet(results / "tables" / "restoration.parquet")
     assert sorted(set(restoration["edit"])) == ["dirs_top50", "layers50", "reverse"] and restoration.height == 6
     assert not list((results / "models").glob("edit-*")) and len(list((results / "eval").glob("edit-*"))) == 3
 
-    # The report: figures, findings, checkpoints; a style change reruns the figure rules alone.
+
+def test_the_report_outputs_figures_findings_and_checkpoints(study):
+    results = study.path / "results"
     assert len(list((results / "figures").glob("*.svg"))) == len(list((results / "figures").glob("*.html"))) == 7
     found = pl.read_parquet(results / "tables" / "findings.parquet")
     assert {"1", "2", "3", "5"} <= set(found["finding"]) and found["paper"].null_count() == 0
     assert pl.read_parquet(results / "tables" / "checkpoints.parquet").height == 11  # base, 4 SFT, 6 RL
-    wider = workflow.write_config("wide.yaml", (workflow.path / "config" / "smoke.yaml").read_text().replace(
+
+
+def test_a_style_change_reruns_the_figure_rules_alone(study):
+    wider = study.write_config("wide.yaml", (study.path / "config" / "smoke.yaml").read_text().replace(
         "spectrum:\n", "report: {width: 500}\nspectrum:\n", 1))
-    jobs = workflow.dry_run_jobs(configfile=wider)
+    jobs = study.dry_run_jobs(configfile=wider)
     assert jobs == {"all": 1, **{f"figure_{name}": 1 for name in FIGURES}}
-    workflow.run("--report", "report.html")
-    report = (workflow.path / "report.html").read_text()
+
+
+def test_snakemake_report_holds_the_figures_and_tables(study):
+    study.run("--report", "report.html")
+    report = (study.path / "report.html").read_text()
     assert "sft_accuracy.svg" in report and "findings.csv" in report
 
-    # Changing an SFT setting reruns SFT and what depends on it (the evaluation of its checkpoints),
-    # never the data, the base model or the base model's evaluation.
-    changed = workflow.write_config(
-        "lr.yaml", (workflow.path / "config" / "smoke.yaml").read_text() + "  lr: 1.0e-3\n"
-    )
-    assert workflow.dry_run_jobs(configfile=changed) == {"sft": 1, **AFTER_SFT}
-    assert workflow.dry_run_jobs() == {}  # a completed run schedules nothing
-    data_setting_changes(workflow)
 
-    # Same config and seed again, from scratch: identical weights, base included.
-    base_sha = sha256(root / "base" / "model.safetensors")
-    import shutil
-
-    shutil.rmtree(workflow.path / "results")
-    workflow.run("results/tables/sft_log.parquet")
-    assert models_of(root) == first and sha256(root / "base" / "model.safetensors") == base_sha
+def test_an_sft_setting_reruns_sft_and_what_depends_on_it_only(study):
+    """Changing an SFT setting reruns SFT and what depends on it (the evaluation of its checkpoints), never
+    the data, the base model or the base model's evaluation."""
+    changed = study.write_config("lr.yaml", (study.path / "config" / "smoke.yaml").read_text() + "  lr: 1.0e-3\n")
+    assert study.dry_run_jobs(configfile=changed) == {"sft": 1, **AFTER_SFT}
 
 
-def test_frozen_weights_stay_bit_identical(workflow):
+def test_a_completed_run_schedules_nothing(study):
+    assert study.dry_run_jobs() == {}
+
+
+def test_the_same_config_and_seed_from_scratch_gives_identical_models(smoke_study, smoke_sft_from_scratch):
+    """Data, base model and SFT made again from nothing in another directory: identical weights, base included."""
+    first, again = smoke_study.path / "results" / "models", smoke_sft_from_scratch.path / "results" / "models"
+    assert set(models_of(first)) == {"sft-0", "sft-2", "sft-4", "sft-6"}
+    assert models_of(again) == models_of(first)
+    assert sha256(again / "base" / "model.safetensors") == sha256(first / "base" / "model.safetensors")
+
+
+def test_frozen_weights_stay_bit_identical(finished_study):
+    workflow = finished_study  # data and base model as the smoke study made them; SFT reruns with the freeze
     config = workflow.write_config(
         "frozen.yaml",
         (workflow.path / "config" / "smoke.yaml").read_text() + '  freeze: [{pattern: "mlp", layers: [0, 0]}]\n',
@@ -123,8 +157,9 @@ def test_frozen_weights_stay_bit_identical(workflow):
         assert same == (name.startswith("model.layers.0.mlp.")), name
 
 
-def test_killed_sft_resumes_and_matches_an_uninterrupted_run(workflow):
+def test_killed_sft_resumes_and_matches_an_uninterrupted_run(finished_study):
     """A real SIGKILL of the whole snakemake process group after a checkpoint, then a rerun."""
+    workflow = finished_study  # data and base model as the smoke study made them; SFT reruns, longer
     longer = (workflow.path / "config" / "smoke.yaml").read_text().replace(
         "  max_steps: 6\n  save_steps: [0, 2, 4, 6]\n  logging_steps: 2", "  max_steps: 120\n  save_steps: [0, 10, 120]\n  logging_steps: 40"
     ).replace("from_steps: [6]", "from_steps: [120]").replace("best_ood_step: 2", "best_ood_step: 10")
@@ -132,16 +167,19 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(workflow):
         longer = longer.replace(old, new)
     config = workflow.write_config("long.yaml", longer)
     target = "results/tables/sft_log.parquet"
-    workflow.run(target, configfile=config)
     root = workflow.path / "results" / "models"
-    uninterrupted = models_of(root)
     import shutil
 
+    # The smoke study's SFT goes: snakemake would not rerun a job for a target it finds (its loss table),
+    # here with other save steps (no metadata for sft-10 or sft-120, so no params check either).
+    for old in root.glob("sft-*"):
+        shutil.rmtree(old)
+    (workflow.path / "results" / "tables" / "sft_log.parquet").unlink()
+    workflow.run(target, configfile=config)
+    uninterrupted = models_of(root)
     shutil.rmtree(root / "sft-10")
     shutil.rmtree(root / "sft-120")
     (workflow.path / "results" / "tables" / "sft_log.parquet").unlink()
-
-    from conftest import SNAKEMAKE
 
     log = workflow.path / "kill.log"
     # The job SIGKILLs its whole process group, snakemake included, after step 11 (checkpoint-10 complete):
@@ -165,7 +203,8 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(workflow):
 
 
 @pytest.mark.slow
-def test_sft_with_deepspeed_zero2_on_the_cpu(workflow):
+def test_sft_with_deepspeed_zero2_on_the_cpu(finished_study):
+    workflow = finished_study  # data and base model as the smoke study made them; SFT and what follows rerun
     config = workflow.write_config(
         "zero2.yaml", (workflow.path / "config" / "smoke.yaml").read_text() + "  deepspeed: zero2\n"
     )
