@@ -106,7 +106,7 @@ def test_editing_a_package_module_reruns_the_rules_that_use_it(finished_study):
     assert workflow.dry_run_jobs(target, env=env) == {}
     package = workflow.path / "src" / "rlheals"
     for unused in ("spectrum.py", "ppo.py", "figures.py"):  # not imported by the data scripts
-        (package / unused).write_text((package / unused).read_text() + "\n# edited\n")
+        (package / unused).write_text((package / unused).read_text() + "\nEDITED = True\n")
     assert workflow.dry_run_jobs(target, env=env) == {}
-    (package / "formula.py").write_text((package / "formula.py").read_text() + "\n# edited\n")  # data -> cards -> formula
+    (package / "formula.py").write_text((package / "formula.py").read_text() + "\nEDITED = True\n")  # data -> cards -> formula
     assert workflow.dry_run_jobs(target, env=env) == {"data_split": 4, "data_manifest": 1}

@@ -8,21 +8,23 @@ import shutil
 
 from rlheals import workflow
 
-PARAMS_CHANGED = "Params have changed since last execution"
-
-
-def planned(study, env) -> dict[str, list[str]]:
-    """Rule name -> the reasons of each job a dry run plans."""
-    jobs: dict[str, list[str]] = {}
+def planned(study, env) -> dict[str, set[str]]:
+    """Rule name -> the outputs of the jobs a dry run plans."""
+    jobs: dict[str, set[str]] = {}
     rule = None
     for line in study.run("-n", env=env).stdout.splitlines():
         m = re.match(r"(?:local)?rule (\w+):", line.strip())
         if m:
             rule = m.group(1)
-        elif line.strip().startswith("reason:") and rule:
-            jobs.setdefault(rule, []).append(line.strip())
-            rule = None
+            jobs.setdefault(rule, set())
+        elif line.strip().startswith("output:") and rule:
+            jobs[rule] |= set(line.split(":", 1)[1].replace(",", " ").split())
     return jobs
+
+
+def params_changed(study, env) -> set[str]:
+    """The outputs whose params (config slice, code hash) differ from those they were made with."""
+    return set(study.run("--list-changes", "params", env=env).stdout.split())
 
 
 def script_of_rules(study) -> dict[str, str]:
@@ -41,7 +43,7 @@ def test_comment_edits_plan_nothing_and_code_edits_plan_exactly_the_stages_that_
     env = {**os.environ, "PYTHONPATH": str(package.parent)}
     hashes = lambda: {s.name: workflow.code_hash(s, package) for s in (study.path / "scripts").glob("*.py")}  # noqa: E731
     before = hashes()
-    assert planned(study, env) == {}  # the copied package is the same code
+    assert planned(study, env) == {} and params_changed(study, env) == set()  # the copy is the same code
 
     cards = package / "cards.py"  # used by nearly every stage
     cards.write_text("# A new comment at the top.\n" + cards.read_text().replace('"""', '"""Edited docstring. ', 1))
@@ -51,7 +53,7 @@ def test_comment_edits_plan_nothing_and_code_edits_plan_exactly_the_stages_that_
     wrapped = "from rlheals.decoding import (\n    " + ",\n    ".join(imported.group(1).split(", ")) + ",\n)"
     evaluate.write_text(text.replace(imported.group(0), wrapped))
     assert hashes() == before
-    assert planned(study, env) == {}
+    assert planned(study, env) == {} and params_changed(study, env) == set()
 
     decoding = package / "decoding.py"  # reached only through the wrapped import
     decoding.write_text(decoding.read_text() + "\nCODE_CHANGED = True\n")
@@ -60,10 +62,10 @@ def test_comment_edits_plan_nothing_and_code_edits_plan_exactly_the_stages_that_
     assert {"evaluate.py", "rl.py", "base_tiny.py"} <= changed_scripts and "spectrum.py" not in changed_scripts
     jobs = planned(study, env)
     scripts = script_of_rules(study)
-    rerun_for_code = {rule for rule, reasons in jobs.items() if any(PARAMS_CHANGED in r for r in reasons)}
+    changed = params_changed(study, env)
+    rerun_for_code = {rule for rule, outputs in jobs.items() if outputs & changed}
     defined = set(study.run("--list-rules", env=env).stdout.split())  # base_local: not in a tiny study
     expected = {rule for rule, script in scripts.items() if script in changed_scripts and rule in defined}
     assert rerun_for_code == expected
     assert rerun_for_code and {"evaluate", "base_tiny"} <= rerun_for_code
-    # Stages that do not reach the code rerun only because their inputs are new, never for their params.
-    assert all(PARAMS_CHANGED not in r for rule, reasons in jobs.items() if rule not in expected for r in reasons)
+    assert changed <= set().union(*jobs.values())  # every output made with the old code is planned again
