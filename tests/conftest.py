@@ -70,7 +70,8 @@ def no_environment_leaks(session_environment):
     """What a test sets in os.environ ends with it. In-process code sets variables that change the numbers
     of later snakemake jobs (the evaluation engine sets TRANSFORMERS_SDPA_FORCE_GQA=1 on the CPU, under
     which training takes another attention path: other weights). Without this, a study built before such
-    a test and one built after it differ, and so the shared smoke study would differ from a rebuild."""
+    a test and one built after it differ, and so the shared smoke study would differ from a rebuild. The
+    fixtures that build shared studies also pass the session's environment explicitly."""
     yield
     for key in set(os.environ) - set(session_environment):
         del os.environ[key]
@@ -96,10 +97,11 @@ def smoke_study(tmp_path_factory, session_environment) -> Workflow:
 
 @pytest.fixture(scope="session")
 def copy_of_smoke_study(smoke_study, tmp_path_factory):
-    """Makes a copy of the finished smoke study: the workflow as it ran, results, logs, benchmarks and
-    snakemake's metadata (keyed by relative output paths), every file and folder with its times (copy2),
-    so that the copy is as complete as the original: a dry run plans nothing, which is checked here (a
-    copy that would rebuild fails loudly instead of rebuilding silently)."""
+    """Makes a copy of the finished smoke study: results, logs, benchmarks, snakemake's metadata (keyed by
+    relative output paths) and the workflow sources it ran with (not the tree's: those may be newer than
+    the outputs, as in a fresh clone or after an edit, and a script newer than its outputs reruns them),
+    every file and folder with its times (copy2). So the copy is as complete as the original: a dry run
+    plans nothing, which is checked here (a copy that would rebuild fails loudly, not silently)."""
 
     def copy() -> Workflow:
         path = tmp_path_factory.mktemp("finished-smoke-study")
