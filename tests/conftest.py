@@ -67,10 +67,10 @@ def session_environment() -> dict[str, str]:
 
 @pytest.fixture(autouse=True)
 def no_environment_leaks(session_environment):
-    """What a test sets in os.environ ends with it. In-process code sets variables that change the numbers
-    of later snakemake jobs (the evaluation engine sets TRANSFORMERS_SDPA_FORCE_GQA=1 on the CPU, under
-    which training takes another attention path: other weights). Without this, a study built before such
-    a test and one built after it differ, and so the shared smoke study would differ from a rebuild. The
+    """What a test sets in os.environ ends with it. A variable set in the test process reaches every later
+    snakemake job, and some change the numbers (TRANSFORMERS_SDPA_FORCE_GQA=1 sends training down another
+    attention path: other weights). Without this, a study built before such a test and one built after it
+    would differ, and so the shared smoke study would differ from a rebuild. The
     fixtures that build shared studies also pass the session's environment explicitly."""
     yield
     for key in set(os.environ) - set(session_environment):

@@ -118,6 +118,7 @@ def test_cached_batches_match_one_episode_at_a_time(setting):
     reference = evaluate.run_episodes_one_at_a_time(model, tokenizer, hands, evaluate.Protocol(verifier, 3, decoding))
     assert batched == reference
     assert all(r["tries"] == 3 for r in batched)  # nothing solved: every try went through the cache
+    assert decoding_module.GQA_SWITCH not in os.environ  # set around the decoder's forwards only: no leak
 
 
 def test_forked_workers_share_the_episodes_and_answer_as_one_process(setting, monkeypatch, tmp_path):

@@ -143,6 +143,9 @@ def prefill_plan(lengths: Sequence[int], forward_cost: int = FORWARD_COST_TOKENS
     return best[widths[-1]][1]
 
 
+GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers at every attention call
+
+
 class Batch:
     """Conversations advancing together, turn by turn, keeping one KV cache between turns.
 
@@ -160,11 +163,13 @@ class Batch:
         self.model, self.tokenizer, self.decoding, self.park_share = model, tokenizer, decoding, park_share
         self.pick = _picker(decoding)
         self.cache = None
-        if model.device.type == "cpu":
-            # torch's CPU attention handles grouped-query heads under a mask itself (measured bit-identical);
-            # without this switch transformers copies every key/value head per query head at each step.
-            # (On CUDA a mask would push GQA onto the slow math kernel: left alone there.)
-            os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+        # torch's CPU attention handles grouped-query heads under a mask itself (measured bit-identical for
+        # decoding); without this switch transformers copies every key/value head per query head at each
+        # step. It is set around this decoder's forwards only: a training step in the same process (PPO
+        # after its rollouts, the control after a probe) takes another attention path under it, and must
+        # not depend on whether decoding ran before it. (On CUDA a mask would push GQA onto the slow math
+        # kernel: left alone there.)
+        self.force_gqa = model.device.type == "cpu" and GQA_SWITCH not in os.environ
         self.device = model.device
 
     def turn(self, conversations_ids: Sequence[list[int]]) -> list[str]:
@@ -230,8 +235,14 @@ class Batch:
             # A decode step's mask is the padding mask itself, (rows, 1, 1, columns): handed over as such,
             # transformers uses it as it is instead of building it again at every step.
             attention_mask = attention_mask[:, None, None, :].bool()
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        if self.force_gqa:
+            os.environ[GQA_SWITCH] = "1"
+        try:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        finally:
+            if self.force_gqa:
+                os.environ.pop(GQA_SWITCH, None)
         return out.logits[:, -1].float()
 
     def _arrange(self, by_length, min_share: float = 0.8) -> None:

@@ -63,18 +63,21 @@ def code_fingerprint(source: str) -> str:
     return ast.dump(_without_docstrings(ast.parse(source)), include_attributes=False)
 
 
-def code_hash(script: str | Path, package_dir: Path = PACKAGE_DIR) -> str:
-    """A hash of the code of the package modules `script` imports, directly or through other modules."""
+def modules_used(script: str | Path, package_dir: Path = PACKAGE_DIR) -> set[str]:
+    """The package modules `script` imports, directly or through other modules."""
     todo, seen = package_imports(ast.parse(Path(script).read_text()), package_dir), set()
-    trees = {}
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            trees[name] = ast.parse((package_dir / f"{name}.py").read_text())
-            todo |= package_imports(trees[name], package_dir)
+            todo |= package_imports(ast.parse((package_dir / f"{name}.py").read_text()), package_dir)
+    return seen
+
+
+def code_hash(script: str | Path, package_dir: Path = PACKAGE_DIR) -> str:
+    """A hash of the code of the package modules `script` imports, directly or through other modules."""
     digest = hashlib.sha256()
-    for name in sorted(seen):
+    for name in sorted(modules_used(script, package_dir)):
         digest.update(name.encode() + code_fingerprint((package_dir / f"{name}.py").read_text()).encode())
     return digest.hexdigest()[:16]
 
