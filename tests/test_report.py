@@ -38,7 +38,20 @@ def test_forgetting_is_found_only_when_the_peak_clearly_beats_the_end():
     assert "peak at step 100 of 300" in peaked[0]["note"]
     assert peaked[1]["reproduced"] is False  # the lowest OOD loss is at the best-OOD step here
     flat = findings.sft_forgetting(accuracy_rows({0: 0.05, 100: 0.06, 200: 0.055, 300: 0.05}), losses)
-    assert flat[0]["reproduced"] is False  # a one-point dip is inside the Wilson intervals
+    assert flat[0]["reproduced"] is None and flat[1]["reproduced"] is None  # a one-point bump: no best checkpoint
+    assert flat[0]["note"].startswith("undefined: OOD accuracy is flat")
+    early = losses.with_columns(ood_loss=pl.Series([2.0, 1.0, 0.9, 1.5]))  # the loss picks step 200
+    picked = findings.sft_forgetting(accuracy_rows({0: 0.03, 100: 0.15, 200: 0.14, 300: 0.04}), early)
+    assert picked[1]["reproduced"] is None and "within the best one's interval" in picked[1]["note"]
+    missed = findings.sft_forgetting(accuracy_rows({0: 0.03, 100: 0.15, 200: 0.05, 300: 0.04}), early)
+    assert missed[1]["reproduced"] is True and missed[1]["value"] == 100
+
+
+def test_findings_on_a_study_where_every_accuracy_is_zero_are_undefined_not_reproduced():
+    losses = pl.DataFrame({"step": [0, 2, 4, 6], "train_loss": [6.0, 5.0, 4.0, 3.0], "ood_loss": [6.0, 5.5, 5.2, 5.4]})
+    rows = findings.sft_forgetting(accuracy_rows({0: 0.0, 2: 0.0, 4: 0.0, 6: 0.0}, n=24), losses)
+    assert [r["reproduced"] for r in rows] == [None, None]
+    assert all(r["note"].count("undefined") == 1 for r in rows)
 
 
 def test_rl_healing_compares_with_the_control_across_seeds():
@@ -180,3 +193,6 @@ def test_restoration_finding_says_when_the_recovery_fraction_is_undefined():
     assert tie["uncertainty"] == "undefined: B and T have the same OOD accuracy" and tie["reproduced"] is None
     gap, = findings.restoration_findings(table(0.07), 500)
     assert gap["value"] == pytest.approx(0.5) and gap["uncertainty"].endswith("(1 s.e., binomial)")
+    close, = findings.restoration_findings(table(0.05), 500)  # B 5% and T 3%: the 95% intervals overlap
+    assert close["value"] == pytest.approx(1.0) and close["reproduced"] is None
+    assert close["note"].startswith("undefined: B and T are not apart beyond their 95% intervals")

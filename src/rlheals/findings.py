@@ -9,6 +9,7 @@ import math
 import polars as pl
 
 from rlheals import restore
+from rlheals.episodes import wilson
 
 
 def _row(finding: str, claim: str, statistic: str, value: float | None, uncertainty: str, paper: str,
@@ -27,27 +28,46 @@ def _pct(x: float) -> str:
 
 
 def sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame) -> list[dict]:
+    """Finding 1: OOD accuracy peaks early in SFT and then declines, and the loss does not find the peak.
+    Undefined (reproduced None) where the curve is flat: no checkpoint lies outside the best one's 95%
+    interval, so there is no best checkpoint to speak of."""
     ood = _sft(accuracy, "ood")
     peak = ood.sort("accuracy", "sft_step", descending=[True, False]).row(0, named=True)
     last = ood.row(-1, named=True)
     drop = peak["accuracy"] - last["accuracy"]
     separated = peak["accuracy_low"] > last["accuracy_high"]
+    flat = not (ood["accuracy_high"] < peak["accuracy_low"]).any()
+    interval = lambda r: f"{_pct(r['accuracy'])} [{_pct(r['accuracy_low'])}, {_pct(r['accuracy_high'])}]"  # noqa: E731
+    undefined = "undefined: OOD accuracy is flat (every checkpoint within the best one's 95% interval)"
     rows = [_row("1", "OOD accuracy peaks early in SFT, then declines", "OOD drop from the peak to the last step (points)",
-                 100 * drop, f"peak {_pct(peak['accuracy'])} [{_pct(peak['accuracy_low'])}, {_pct(peak['accuracy_high'])}], "
-                 f"last {_pct(last['accuracy'])} [{_pct(last['accuracy_low'])}, {_pct(last['accuracy_high'])}] (95% Wilson)",
+                 100 * drop, f"peak {interval(peak)}, last {interval(last)} (95% Wilson)",
                  "Llama: peak 17.5% at step 140 -> 6.9% at 1100 (10.6 points)",
-                 peak["sft_step"] < last["sft_step"] and separated,
-                 f"peak at step {peak['sft_step']} of {last['sft_step']}; the intervals "
+                 None if flat else peak["sft_step"] < last["sft_step"] and separated,
+                 undefined if flat else f"peak at step {peak['sft_step']} of {last['sft_step']}; the intervals "
                  + ("do not overlap" if separated else "overlap"))]
     if "ood_loss" in losses.columns and losses["ood_loss"].drop_nulls().len():
         best_loss = int(losses.drop_nulls("ood_loss").sort("ood_loss")["step"][0])
         best_train = int(losses.drop_nulls("train_loss").sort("train_loss")["step"][0])
+        picked = ood.filter(pl.col("sft_step") == best_loss)
+        # Decided only where the checkpoint the loss picks is apart from the best one beyond the intervals
+        # (or is the best one): a pick inside the best one's interval is as good as the best, as far as
+        # this run can tell.
+        if flat:
+            verdict, why = None, undefined
+        elif best_loss == peak["sft_step"]:
+            verdict, why = False, "the loss picks the best-OOD checkpoint"
+        elif not picked.height:
+            verdict, why = None, f"undefined: step {best_loss} was not evaluated"
+        elif picked["accuracy_high"][0] < peak["accuracy_low"]:
+            verdict, why = True, f"OOD at the loss's pick {interval(picked.row(0, named=True))} is below the best"
+        else:
+            verdict, why = None, (f"undefined: OOD at the loss's pick {interval(picked.row(0, named=True))} is within "
+                                  "the best one's interval")
         rows.append(_row("1", "Train / held-out loss does not find the best-OOD checkpoint",
                          "steps between the lowest held-out OOD loss and the best OOD accuracy",
                          abs(best_loss - peak["sft_step"]), "one run", "OOD loss lowest very early; train loss keeps falling",
-                         best_loss != peak["sft_step"],
-                         f"lowest OOD loss at step {best_loss}, best OOD accuracy at {peak['sft_step']}, "
-                         f"lowest train loss at {best_train}"))
+                         verdict, f"lowest OOD loss at step {best_loss}, best OOD accuracy at {peak['sft_step']}, "
+                         f"lowest train loss at {best_train}; {why}"))
     return rows
 
 
@@ -127,12 +147,16 @@ def restoration_findings(table: pl.DataFrame, n_episodes: int) -> list[dict]:
             continue
         r = hit.row(0, named=True)
         se = recovery_se(r["acc_edit"], r["acc_base"], r["acc_target"], n_episodes)
+        b_low, b_high = wilson(round(r["acc_base"] * n_episodes), n_episodes)
+        t_low, t_high = wilson(round(r["acc_target"] * n_episodes), n_episodes)
+        apart = b_low > t_high or t_low > b_high  # else the fraction divides noise by noise
         rows.append(_row("4", f"Restoring the {label} of {r['base']} into {r['target']} recovers OOD accuracy",
                          "OOD recovery fraction (acc_edit - acc_T) / (acc_B - acc_T)", r["recovery"],
                          f"+-{se:.2f} (1 s.e., binomial)" if not math.isnan(se)
                          else "undefined: B and T have the same OOD accuracy", paper,
-                         None if math.isnan(r["recovery"]) else r["recovery"] - 2 * se > 0 and r["recovery"] >= 0.5,
-                         f"edit {r['edit']}: {_pct(r['acc_edit'])} between T {_pct(r['acc_target'])} and B {_pct(r['acc_base'])}; "
+                         None if math.isnan(r["recovery"]) or not apart else r["recovery"] - 2 * se > 0 and r["recovery"] >= 0.5,
+                         ("" if apart else "undefined: B and T are not apart beyond their 95% intervals; ")
+                         + f"edit {r['edit']}: {_pct(r['acc_edit'])} between T {_pct(r['acc_target'])} and B {_pct(r['acc_base'])}; "
                          "criterion: at least 0.5 and above 0 by 2 s.e."))
     return rows
 
