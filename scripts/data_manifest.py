@@ -8,7 +8,7 @@ log = runlog.setup(snakemake.log[0])
 cfg = json.loads(snakemake.params.cfg)
 paths = {path.rsplit("/", 1)[1].removesuffix(".jsonl"): path for path in snakemake.input}
 result = data.manifest(paths, cfg["game"], cfg["data"])
-if result["test_multisets_in_training"]:
-    raise RuntimeError(f"{result['test_multisets_in_training']} test value multisets appear in training")
+if result["leaks"]:
+    raise RuntimeError("; ".join(result["leaks"]))
 runlog.write_json_atomic(result, snakemake.output[0])
 log.info("manifest: %s", {s: v["count"] for s, v in result["splits"].items()})

@@ -9,13 +9,14 @@ log = runlog.setup(snakemake.log[0])
 cfg = json.loads(snakemake.params.cfg)
 target, settings = cfg["target"], cfg["pretrain"]
 test_keys = {cards.value_key(r["values"]) for path in snakemake.input.tests for r in data.read_jsonl(path)}
-docs = pretrain.make_corpus(
-    settings["corpus_size"], target, test_keys, settings["mix"], settings["seed"], settings["target_puzzle_sizes"]
-)
+# Banned with the target: every test hand's multiset, and every multiset of a rule no training split deals.
+banned = test_keys | data.never_trained_multisets(cfg["game"], cfg["data"])
+docs = pretrain.make_corpus(settings["corpus_size"], target, banned, settings["mix"], settings["seed"],
+                            settings["target_puzzle_sizes"], restate=cards.restates_values(cfg["format"]))
 data.write_jsonl(docs, snakemake.output.corpus)
-leaked = sum(d["target"] == target and pretrain.doc_key(d) in test_keys for d in docs)
+leaked = sum(d["target"] == target and pretrain.doc_key(d) in banned for d in docs)
 if leaked:
-    raise RuntimeError(f"{leaked} pretraining documents hold a test hand's value multiset")
+    raise RuntimeError(f"{leaked} pretraining documents hold a test hand's or an untrained rule's value multiset")
 manifest = {
     "count": len(docs),
     "by_kind": dict(Counter(d["kind"] for d in docs)),
@@ -23,6 +24,7 @@ manifest = {
     "card_puzzles_with_target": sum(d["kind"] == "cards_other" and d["target"] == target for d in docs),
     "four_number_puzzles_with_target": sum(len(pretrain.doc_key(d)) == 4 for d in docs if d["target"] == target),
     "test_value_multisets_banned": len(test_keys),
+    "value_multisets_banned": len(banned),
     "target_puzzles_with_a_test_multiset": leaked,
     "sha256": data.sha256(snakemake.output.corpus),
 }

@@ -110,7 +110,25 @@ def test_targets_verify_in_both_formats(rule):
             p = paper(cards.paper_target(ranks, rule, 24, solution), values)
             assert c.correct and p.correct, (ranks, solution, c, p)
             assert c.restated == p.restated == tuple(values)
+            s = compact(cards.steps_target(ranks, rule, 24, solution), values)
+            assert s.correct and s.restated is None, (ranks, solution, s)
             checked += 1
+
+
+def test_the_steps_format_keeps_the_values_inside_the_arithmetic():
+    """Without restated values, a face card valued by the other rule shows up as a number the cards do not
+    give: the value-mapping diagnostic reads it from the arithmetic."""
+    from rlheals import episodes
+
+    ranks, values = ["J", "3", "2", "K"], OOD.values(["J", "3", "2", "K"])
+    answer = cards.steps_target(ranks, OOD, 24, cards.solve(values)[0])
+    assert not answer.split(" ; ")[0].replace(" ", "").isdigit() and "=" in answer.split(";")[0]
+    verify = Verifier(fmt="steps")
+    assert episodes.value_mapping(verify(answer, values), values)
+    id_answer = cards.steps_target(ranks, ID, 24, cards.solve(ID.values(ranks))[0])  # J and K as 10
+    assert not episodes.value_mapping(verify(id_answer, values), values)
+    restated = Verifier(fmt="compact")(cards.compact_target(ranks, ID, 24, cards.solve(ID.values(ranks))[0]), values)
+    assert not episodes.value_mapping(restated, values)
 
 
 def test_prompts_name_the_rule():

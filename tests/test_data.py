@@ -44,6 +44,21 @@ def test_splits_are_solvable_follow_their_rule_and_never_leak():
     assert len(keys(made["id_test"])) > 20
 
 
+def test_a_paper_style_id_split_shares_training_multisets_but_never_an_ood_one():
+    """holdout_share 0 for id_test deals ID test hands from the whole ID distribution (as the papers do):
+    they share multisets with training, which the manifest counts but does not call a leak; OOD multisets
+    stay out of training, and a reserved split that leaks is named."""
+    paper = {**DATA, "holdout_share": {"id_test": 0.0, "ood_test": 0.25}}
+    made = {split: data.make_split(split, GAME, paper) for split in SPLITS}
+    train = keys(made["sft_train"]) | keys(made["rl_train"])
+    assert train & keys(made["id_test"]) and not train & keys(made["ood_test"])
+    assert not train & data.never_trained_multisets(GAME, paper)
+    assert all(any(v > 10 for v in key) for key in data.never_trained_multisets(GAME, paper))
+    assert data.leaks({"id_test": 7, "ood_test": 0}, GAME, paper) == []
+    assert data.leaks({"id_test": 7, "ood_test": 0}, GAME, DATA) == ["7 value multisets of id_test appear in training"]
+    assert data.leaks({"id_test": 0, "ood_test": 2}, GAME, paper) == ["2 value multisets of ood_test appear in training"]
+
+
 def test_generation_is_deterministic_and_seeded():
     assert data.make_split("id_test", GAME, DATA) == data.make_split("id_test", GAME, DATA)
     other = {**DATA, "splits": {**DATA["splits"], "id_test": {"rule": "id", "size": 60, "seed": 9}}}
@@ -61,7 +76,7 @@ def test_workflow_data_rule(finished_study, smoke_sft_from_scratch):
     assert {s: v["count"] for s, v in manifest["splits"].items()} == {
         "sft_train": 200, "rl_train": 50, "id_test": 24, "ood_test": 24
     }
-    assert manifest["test_multisets_in_training"] == 0
+    assert manifest["test_multisets_in_training"] == {"id_test": 0, "ood_test": 0} and manifest["leaks"] == []
     assert manifest["splits"]["id_test"]["sha256"] == data.sha256(out / "id_test.jsonl")
     rows = {s: data.read_jsonl(out / f"{s}.jsonl") for s in SPLITS}
     train = set().union(*(keys(rows[s]) for s in TRAIN_SPLITS))

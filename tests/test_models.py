@@ -105,5 +105,11 @@ def test_pretraining_corpus_never_uses_the_target_with_a_test_multiset():
         from rlheals.verify import Verifier
 
         assert Verifier(target=doc["target"])(doc["answer"], values).correct, doc
+    # In the steps format no answer restates its numbers, and each is still a correct solution.
+    steps = pretrain.make_corpus(200, 24, banned, {"numbers_target": 1, "numbers_other": 1, "cards_other": 1}, 2,
+                                 restate=False)
+    for doc, again in zip(steps, pretrain.make_corpus(200, 24, banned, {"numbers_target": 1, "numbers_other": 1,
+                                                                         "cards_other": 1}, 2)):
+        assert doc["answer"] == again["answer"].split(" ; ", 1)[1]
     assert pretrain.make_corpus(50, 24, banned, {"numbers_target": 1, "numbers_other": 1, "cards_other": 1}, 3) == \
         pretrain.make_corpus(50, 24, banned, {"numbers_target": 1, "numbers_other": 1, "cards_other": 1}, 3)

@@ -257,9 +257,10 @@ def paper_target(cards: list[str], rule: Rule, target: int, solution: str) -> st
     return json.dumps(answer)
 
 
-def steps_answer(values: Iterable[int], solution: str) -> str:
-    """The values restated, then the solution as steps: `3 11 2 11 ; 11 * 3 = 33 ; 33 - 11 = 22 ; ...`"""
-    parts = [" ".join(str(v) for v in values)]
+def steps_answer(values: Iterable[int], solution: str, restate: bool = True) -> str:
+    """The values restated, then the solution as steps: `3 11 2 11 ; 11 * 3 = 33 ; 33 - 11 = 22 ; ...`;
+    without `restate`, the steps alone (the card values then live only inside the arithmetic)."""
+    parts = [" ".join(str(v) for v in values)] if restate else []
     for a, op, b, c in formula.steps(formula.parse(solution)):
         parts.append(f"{formula.fmt_number(a)} {op} {formula.fmt_number(b)} = {formula.fmt_number(c)}")
     return " ; ".join(parts) + " ;"
@@ -270,9 +271,24 @@ def compact_target(cards: list[str], rule: Rule, target: int, solution: str) -> 
     return steps_answer(rule.values(cards), solution)
 
 
+def steps_target(cards: list[str], rule: Rule, target: int, solution: str) -> str:
+    """The solution as steps alone: `11 * 3 = 33 ; 33 - 11 = 22 ; 22 + 2 = 24 ;`."""
+    return steps_answer(rule.values(cards), solution, restate=False)
+
+
+# Prompt formats: the compact prompt answered with restated values and steps, or with the steps alone;
+# and the papers' prompt with its JSON answer.
+FORMATS = ("compact", "steps", "paper")
+
+
+def restates_values(fmt: str) -> bool:
+    """Whether answers in this format begin by restating the card values (the tiny model's corpus follows)."""
+    return fmt != "steps"
+
+
 def render_prompt(fmt: str, cards: list[str], rule: Rule, target: int) -> str:
-    return {"compact": compact_prompt, "paper": paper_prompt}[fmt](cards, rule, target)
+    return {"compact": compact_prompt, "steps": compact_prompt, "paper": paper_prompt}[fmt](cards, rule, target)
 
 
 def render_target(fmt: str, cards: list[str], rule: Rule, target: int, solution: str) -> str:
-    return {"compact": compact_target, "paper": paper_target}[fmt](cards, rule, target, solution)
+    return {"compact": compact_target, "steps": steps_target, "paper": paper_target}[fmt](cards, rule, target, solution)

@@ -27,26 +27,48 @@ def solvable_multisets(rule: cards.Rule, target: int) -> list[tuple[int, ...]]:
     return sorted(k for k in keys if cards.can_reach(k, target))
 
 
+def holdout_share(data: Mapping, split: str) -> float:
+    """The share of a test split's solvable value multisets reserved for it: `data.holdout_share` is one
+    number for both test splits or a mapping by split. 0 reserves nothing: the split is dealt from its
+    rule's whole distribution, as the papers deal their ID test hands."""
+    share = data["holdout_share"]
+    return share[split] if isinstance(share, Mapping) else share
+
+
 def heldout_multisets(game: Mapping, data: Mapping) -> dict[str, frozenset]:
-    """For each test split, the share of its rule's solvable value multisets reserved for it."""
+    """For each test split with a share above 0, the solvable value multisets reserved for it."""
     rules = rules_from_config(game)
     out = {}
     for split in TEST_SPLITS:
+        share = holdout_share(data, split)
+        if share <= 0:
+            continue
         pool = solvable_multisets(rules[data["splits"][split]["rule"]], game["target"])
         random.Random(f"{data['holdout_seed']}:{split}").shuffle(pool)
-        out[split] = frozenset(pool[: max(1, round(len(pool) * data["holdout_share"]))])
+        out[split] = frozenset(pool[: max(1, round(len(pool) * share))])
     return out
 
 
+def never_trained_multisets(game: Mapping, data: Mapping) -> frozenset:
+    """Every solvable value multiset of a test rule that no training split deals (the OOD rule's): none of
+    them may appear in any training data, the pretraining corpus included."""
+    rules = rules_from_config(game)
+    trained = {data["splits"][s]["rule"] for s in TRAIN_SPLITS}
+    untrained = {data["splits"][s]["rule"] for s in TEST_SPLITS} - trained
+    return frozenset().union(*(solvable_multisets(rules[r], game["target"]) for r in untrained))
+
+
 def make_split(split: str, game: Mapping, data: Mapping) -> list[dict]:
-    """Deal `size` solvable hands for one split. Test splits deal only from their held-out multisets;
-    training splits never deal one of them."""
+    """Deal `size` solvable hands for one split. A test split with a holdout share deals only from its
+    held-out multisets, and training splits never deal one of them."""
     spec = data["splits"][split]
     rule = rules_from_config(game)[spec["rule"]]
     target = game["target"]
     heldout = heldout_multisets(game, data)
-    if split in TEST_SPLITS:
+    if split in heldout:
         keep = heldout[split].__contains__
+    elif split in TEST_SPLITS:
+        keep = lambda key: cards.can_reach(key, target)  # noqa: E731
     else:
         banned = frozenset().union(*heldout.values())
         keep = lambda key: key not in banned and cards.can_reach(key, target)  # noqa: E731
@@ -111,5 +133,19 @@ def manifest(paths: Mapping[str, str | Path], game: Mapping, data: Mapping) -> d
             "sha256": sha256(path),
         }
     train = set().union(*(keys[s] for s in TRAIN_SPLITS if s in keys))
-    test = set().union(*(keys[s] for s in TEST_SPLITS if s in keys))
-    return {"splits": splits, "test_multisets_in_training": len(train & test), "config": {"game": game, "data": data}}
+    in_training = {s: len(keys[s] & train) for s in TEST_SPLITS if s in keys}
+    return {"splits": splits, "test_multisets_in_training": in_training,
+            "leaks": leaks(in_training, game, data), "config": {"game": game, "data": data}}
+
+
+def leaks(in_training: Mapping[str, int], game: Mapping, data: Mapping) -> list[str]:
+    """What must never be: a reserved test multiset in training, or an untrained rule's (OOD) multiset
+    in training. A test split without a reservation shares multisets with training by design."""
+    untrained = never_trained_multisets(game, data)
+    found = []
+    for split, count in in_training.items():
+        rule_untrained = bool(untrained) and data["splits"][split]["rule"] not in {
+            data["splits"][s]["rule"] for s in TRAIN_SPLITS}
+        if count and (holdout_share(data, split) > 0 or rule_untrained):
+            found.append(f"{count} value multisets of {split} appear in training")
+    return found

@@ -47,8 +47,17 @@ def result_row(e: Episode, tries: Sequence[tuple[str, Verdict]]) -> dict:
         "first_correct": first.correct,
         "first_category": first.category,
         "format_error": first.category in FORMAT_ERRORS,
-        "value_mapping": first.restated == e.values,
+        "value_mapping": value_mapping(first, e.values),
     }
+
+
+def value_mapping(verdict: Verdict, values: Sequence[int]) -> bool:
+    """Did the first answer give the cards their values under the rule? Read from the restated values when
+    the answer restates them; otherwise from the arithmetic: readable, and every number taken from the
+    cards (a face card valued by another rule uses a number the cards do not give)."""
+    if verdict.restated is not None:
+        return verdict.restated == tuple(values)
+    return verdict.category not in FORMAT_ERRORS + ("wrong_numbers",)
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -7,8 +7,9 @@ Corpus (never a card puzzle with the study's target; never a test hand's value m
     the target: that is what SFT teaches (with 4-number ones the base model is already good at the task
     and SFT has little to add: docs/study.md, "The base model");
   - numeric puzzles for other targets;
-  - card puzzles for other targets under random face-card rules, answered by restating the card values
-    the written rule gives (`rule J 5 Q 7 K 2 cards cJ c3 ...`) and then steps.
+  - card puzzles for other targets under random face-card rules (`rule J 5 Q 7 K 2 cards cJ c3 ...`),
+    answered in the study's answer format: the card values the written rule gives, restated, then steps
+    (`compact`), or the steps alone (`steps`).
 Most documents are raw text; a share (`chat_share`) is wrapped in the chat template, so the base model
 has seen the chat format but not mastered it."""
 
@@ -76,9 +77,10 @@ def _random_solution(rng: random.Random, values: list[int]) -> tuple[str, Fracti
 
 
 def make_corpus(n: int, target: int, banned: set[tuple], mix: Mapping[str, float], seed: int,
-                sizes: Mapping[str, float] = DEFAULT_SIZES) -> list[dict]:
+                sizes: Mapping[str, float] = DEFAULT_SIZES, restate: bool = True) -> list[dict]:
     """`n` documents as {kind, target, prompt, answer}. `banned`: 4-value multisets never used with
-    `target`. `sizes`: shares of 2-, 3- and 4-number puzzles among the `numbers_target` documents."""
+    `target`. `sizes`: shares of 2-, 3- and 4-number puzzles among the `numbers_target` documents.
+    `restate`: answers begin by restating the numbers, as the study's answer format does or not."""
     rng = random.Random(seed)
     target_multisets = [m for m in cards.ALL_VALUE_MULTISETS if cards.can_reach(m, target) and m not in banned]
     kinds, weights = zip(*((k, mix[k]) for k in KINDS))
@@ -87,12 +89,13 @@ def make_corpus(n: int, target: int, banned: set[tuple], mix: Mapping[str, float
         kind = rng.choices(kinds, weights)[0]
         doc = None
         while doc is None:  # redraw within the kind, so the mix weights are the corpus shares
-            doc = _make_doc(rng, kind, target, target_multisets, sizes)
+            doc = _make_doc(rng, kind, target, target_multisets, sizes, restate)
         docs.append(doc)
     return docs
 
 
-def _make_doc(rng: random.Random, kind: str, target: int, target_multisets: list, sizes: Mapping) -> dict | None:
+def _make_doc(rng: random.Random, kind: str, target: int, target_multisets: list, sizes: Mapping,
+              restate: bool) -> dict | None:
     """One document of a kind, or None when the random draw does not make a valid one."""
     if kind == "numbers_target":
         # Sub-puzzles of 2 or 3 numbers teach which small sets reach the target: the skill a greedy
@@ -109,7 +112,7 @@ def _make_doc(rng: random.Random, kind: str, target: int, target_multisets: list
         if not plain:
             return None
         prompt = f"numbers {' '.join(map(str, values))} target {target} =>"
-        return {"kind": kind, "target": target, "prompt": prompt, "answer": cards.steps_answer(values, rng.choice(plain))}
+        return {"kind": kind, "target": target, "prompt": prompt, "answer": cards.steps_answer(values, rng.choice(plain), restate)}
     if kind == "numbers_other":
         values = [rng.randint(1, 13) for _ in range(4)]
         prompt_of = lambda t: f"numbers {' '.join(map(str, values))} target {t} =>"  # noqa: E731
@@ -122,7 +125,7 @@ def _make_doc(rng: random.Random, kind: str, target: int, target_multisets: list
     if found is None or found[1] == target or not 1 <= found[1] <= 99:
         return None
     value = int(found[1])
-    return {"kind": kind, "target": value, "prompt": prompt_of(value), "answer": cards.steps_answer(values, found[0])}
+    return {"kind": kind, "target": value, "prompt": prompt_of(value), "answer": cards.steps_answer(values, found[0], restate)}
 
 
 def corpus_texts(docs: Iterable[dict], tokenizer, chat_share: float, seed: int) -> list[str]:

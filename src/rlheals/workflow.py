@@ -161,8 +161,9 @@ class Study:
                 "data": {"holdout_seed": data["holdout_seed"], "holdout_share": data["holdout_share"], "splits": splits}}
 
     def pretrain_corpus_slice(self) -> dict:
-        p = self.config["pretrain"]
-        return {"target": self.config["game"]["target"],
+        p, data = self.config["pretrain"], self.config["data"]
+        return {"target": self.config["game"]["target"], "format": self.config["prompt"]["format"],
+                "game": self.config["game"], "data": {"splits": {s: {"rule": data["splits"][s]["rule"]} for s in SPLITS}},
                 "pretrain": {k: p[k] for k in ("corpus_size", "mix", "target_puzzle_sizes", "seed")}}
 
     def base_slice(self) -> dict:

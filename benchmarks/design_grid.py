@@ -1,0 +1,154 @@
+"""The design grid of docs/design.md: each arm's base model and SFT run (2 seeds), each SFT checkpoint
+evaluated on 200 hands per rule, and the criterion applied to every seed.
+
+    python benchmarks/design_grid.py RUN_DIR [ARM ...]     # run the arms (all by default), then report
+    python benchmarks/design_grid.py RUN_DIR --report      # report what has run
+
+Each arm and seed runs the workflow in its own copy (RUN_DIR/ARM/seed-N) with the arm's overlay on
+config/config.yaml; a second seed (or an arm that differs only in SFT) starts from a copy of the first's
+results, so Snakemake reruns only what the change touches. Prints one table of every checkpoint and one
+of the criterion per arm and seed; writes them to RUN_DIR/grid.csv and RUN_DIR/criterion.csv."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+from rlheals import curve
+from rlheals.episodes import wilson
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("Snakefile", "rules", "scripts", "config", "envs")
+SEEDS = (0, 1)
+EPISODES = 200
+STEPS = {800: [0, 25, 50, 100, 200, 400, 600, 800], 600: [0, 25, 50, 100, 200, 400, 600]}
+
+P = {"pretrain": {"target_puzzle_sizes": {"two": 0.2, "three": 0.4, "four": 0.4}},
+     "data": {"holdout_share": {"id_test": 0.0, "ood_test": 0.25}},
+     "prompt": {"format": "steps"},
+     "sft": {"lr": 3.0e-4, "max_steps": 800}}
+
+
+def _with(base: dict, **changes) -> dict:
+    out = json.loads(json.dumps(base))
+    for key, value in changes.items():
+        section, name = key.split("__")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+# arm -> (overlay, the arm whose seed-0 results it may start from)
+ARMS = {
+    "P": (P, None),
+    "previous": ({"sft": {"max_steps": 600}}, None),
+    "P-compact": (_with(P, prompt__format="compact"), None),
+    "P-reserved": (_with(P, data__holdout_share=0.25), None),
+    "P-no-four": (_with(P, pretrain__target_puzzle_sizes={"two": 0.3, "three": 0.7, "four": 0.0}), None),
+    "P-slow": (_with(P, sft__lr=1.0e-4, sft__max_steps=600), "P"),
+}
+
+
+def overlay(arm: str, seed: int) -> dict:
+    cfg = json.loads(json.dumps(ARMS[arm][0]))
+    steps = cfg["sft"]["max_steps"]
+    cfg["sft"].update(seed=seed, save_steps=STEPS[steps])
+    cfg["eval"] = {"episodes": EPISODES}
+    return cfg
+
+
+def prepare(run_dir: Path, arm: str, seed: int) -> Path:
+    where = run_dir / arm / f"seed-{seed}"
+    if where.exists():
+        return where
+    start = run_dir / arm / "seed-0" if seed else (run_dir / ARMS[arm][1] / "seed-0" if ARMS[arm][1] else None)
+    if start is not None and (start / "results").exists():
+        shutil.copytree(start, where, symlinks=True)
+    else:
+        where.mkdir(parents=True)
+        for part in PARTS:
+            (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, where / part)
+    return where
+
+
+def run(run_dir: Path, arm: str, seed: int) -> float:
+    where = prepare(run_dir, arm, seed)
+    cfg = overlay(arm, seed)
+    (where / "config" / "grid.yaml").write_text(json.dumps(cfg, indent=1))
+    targets = [f"results/eval/sft-{s}.parquet" for s in cfg["sft"]["save_steps"]]
+    start = time.time()
+    with open(where / "grid.log", "a") as log:
+        subprocess.run(["snakemake", *targets, "--cores", "2", "--configfile", "config/grid.yaml"],
+                       cwd=where, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return time.time() - start
+
+
+def curves(run_dir: Path) -> pl.DataFrame:
+    rows = []
+    for path in sorted(run_dir.glob("*/seed-*/results/eval/sft-*.parquet")):
+        arm, seed = path.parts[-5], int(path.parts[-4].removeprefix("seed-"))
+        if arm not in ARMS or int(path.stem.removeprefix("sft-")) not in overlay(arm, seed)["sft"]["save_steps"]:
+            continue
+        episodes = pl.read_parquet(path, columns=["rule", "correct", "value_mapping"])
+        for rule, group in episodes.group_by("rule"):
+            n, k = group.height, int(group["correct"].sum())
+            low, high = wilson(k, n)
+            rows.append({"arm": arm, "seed": seed, "sft_step": int(path.stem.removeprefix("sft-")), "rule": rule[0],
+                         "n": n, "accuracy": k / n, "accuracy_low": low, "accuracy_high": high,
+                         "value_mapping": float(group["value_mapping"].mean())})
+    return pl.DataFrame(rows).sort("arm", "seed", "rule", "sft_step")
+
+
+def criterion(table: pl.DataFrame) -> pl.DataFrame:
+    rows = []
+    for (arm, seed), group in table.group_by("arm", "seed", maintain_order=True):
+        f = curve.forgetting(group.filter(rule="id").to_dicts(), group.filter(rule="ood").to_dicts())
+        rows.append({"arm": arm, "seed": seed, "peak_step": f.peak_step, "ood_peak": f.ood_peak,
+                     "ood_last": f.ood_last, "drop": f.drop, "intervals_apart": f.intervals_apart,
+                     "id_base": f.id_base, "id_last": f.id_last, "shows_forgetting": f.shown})
+    return pl.DataFrame(rows)
+
+
+def report(run_dir: Path) -> None:
+    table = curves(run_dir)
+    table.write_csv(run_dir / "grid.csv")
+    wide = table.with_columns(pl.format("{}%", (100 * pl.col("accuracy")).round(1)).alias("acc")).pivot(
+        on="sft_step", index=["arm", "seed", "rule"], values="acc", sort_columns=True)
+    with pl.Config(tbl_rows=200, tbl_cols=20, tbl_width_chars=200, fmt_str_lengths=12, tbl_hide_dataframe_shape=True):
+        print(f"accuracy at each SFT step ({EPISODES} hands per rule, 5 tries)")
+        print(wide)
+        crit = criterion(table)
+        crit.write_csv(run_dir / "criterion.csv")
+        print("the criterion (docs/design.md), per seed")
+        print(crit.with_columns(pl.col(pl.Float64).round(3)))
+        arms = crit.group_by("arm", maintain_order=True).agg(
+            pl.col("shows_forgetting").all().alias("passes"), pl.col("drop").min().alias("worst_seed_drop"),
+            pl.len().alias("seeds"))
+        print(arms.with_columns(pl.col("worst_seed_drop").round(3)).sort("passes", "worst_seed_drop", descending=True))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("arms", nargs="*", default=[], help=f"of {', '.join(ARMS)}")
+    parser.add_argument("--report", action="store_true", help="only report what has run")
+    args = parser.parse_args()
+    if unknown := set(args.arms) - set(ARMS):
+        parser.error(f"unknown arms {sorted(unknown)}; the arms are {', '.join(ARMS)}")
+    if not args.report:
+        for arm in args.arms or ARMS:
+            for seed in SEEDS:
+                seconds = run(args.run_dir, arm, seed)
+                print(f"{arm} seed {seed}: {seconds / 60:.1f} min", flush=True)
+    report(args.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
