@@ -30,5 +30,5 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        get_final_output(),
+        final_output,
     default_target: True

@@ -108,6 +108,8 @@ def curves(run_dir: Path) -> pl.DataFrame:
 def criterion(table: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for (arm, seed), group in table.group_by("arm", "seed", maintain_order=True):
+        if group.height < 2 * len(overlay(arm, seed)["sft"]["save_steps"]):
+            continue  # still running
         f = curve.forgetting(group.filter(rule="id").to_dicts(), group.filter(rule="ood").to_dicts())
         rows.append({"arm": arm, "seed": seed, "peak_step": f.peak_step, "ood_peak": f.ood_peak,
                      "ood_last": f.ood_last, "drop": f.drop, "intervals_apart": f.intervals_apart,

@@ -20,7 +20,7 @@ rule evaluate:
 
 rule accuracy_table:
     input:
-        expand("results/eval/{model_id}.parquet", model_id=EVAL_MODELS),
+        lambda w: expand("results/eval/{model_id}.parquet", model_id=chosen().eval_models),
     output:
         parquet="results/tables/accuracy.parquet",
         csv="results/tables/accuracy.csv",
@@ -33,3 +33,21 @@ rule accuracy_table:
         "../envs/analysis.yaml"
     script:
         "../scripts/accuracy_table.py"
+
+
+# B, T and the RL starting points, read off the SFT curve: the jobs that depend on them are planned once
+# it has run (a Snakemake checkpoint). Asked for only when the config names a point (docs/study.md).
+checkpoint choose_points:
+    input:
+        expand("results/eval/{model_id}.parquet", model_id=[model_ids.sft(s) for s in SFT_STEPS]),
+    output:
+        POINTS_FILE,
+    log:
+        "logs/tables/sft_points.log",
+    localrule: True
+    params:
+        code=code_of("choose_points.py"),
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/choose_points.py"

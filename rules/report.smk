@@ -1,18 +1,21 @@
 from rlheals.report import SPECTRUM_PAIR_FILES
 
 LAST_SFT = study.last_sft
-RL_PAIRS = [(a, b) for a, b in SPECTRUM_PAIRS if b.startswith("rl-")]
 STYLE = config["report"]
 
 # One rule per figure of rlheals.report.FIGURES (scripts/figure.py draws it with the entry's builder).
 # Kept above the other rules: tests/test_workflow_style.py takes a block's script from its first rule.
 # The file lists and the config values a figure entry names:
-FIGURE_FILE_LISTS = {
-    SPECTRUM_PAIR_FILES: [
-        f"results/spectrum/base__{LAST_SFT}.parquet",
-        *[f"results/spectrum/{a}__{b}.parquet" for a, b in RL_PAIRS],
-    ],
-}
+def figure_file_lists():
+    rl_pairs = [(a, b) for a, b in chosen().spectrum_pairs if b.startswith("rl-")]
+    return {
+        SPECTRUM_PAIR_FILES: [
+            f"results/spectrum/base__{LAST_SFT}.parquet",
+            *[f"results/spectrum/{a}__{b}.parquet" for a, b in rl_pairs],
+        ],
+    }
+
+
 FIGURE_PARAMS = {"last_sft": LAST_SFT}
 
 for fig in FIGURES:
@@ -21,7 +24,7 @@ for fig in FIGURES:
         name:
             fig.rule
         input:
-            **fig.input_files(FIGURE_FILE_LISTS),
+            unpack(lambda w, fig=fig: fig.input_files(figure_file_lists())),
         output:
             svg=report(
                 fig.svg,
@@ -80,7 +83,7 @@ rule report_tables:
 
 rule checkpoints_table:
     input:
-        expand("results/models/{model_id}", model_id=STUDY_MODELS),
+        lambda w: expand("results/models/{model_id}", model_id=chosen().study_models),
     output:
         csv=report("results/tables/checkpoints.csv", caption="captions/checkpoints.rst", category="Tables"),
         parquet="results/tables/checkpoints.parquet",

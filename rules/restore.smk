@@ -8,7 +8,7 @@ rule restore:
         "logs/restore/{edit}.log",
     params:
         code=code_of("restore.py"),
-        spec=lambda w: canonical(EDITS[w.edit]),
+        spec=lambda w: canonical(EDIT_SPECS[w.edit]),
     threads: 8
     conda:
         "../envs/analysis.yaml"
@@ -19,9 +19,10 @@ rule restore:
 rule restoration_table:
     input:
         edits=expand("results/eval/{model_id}.parquet", model_id=EDIT_MODELS),
-        references=sorted(
-            {f"results/eval/{s[k]}.parquet" for s in EDITS.values() for k in ("base", "target")}
+        references=lambda w: sorted(
+            {f"results/eval/{s[k]}.parquet" for s in chosen().edits.values() for k in ("base", "target")}
         ),
+        points=points_input,
     output:
         parquet="results/tables/restoration.parquet",
         csv="results/tables/restoration.csv",
@@ -29,7 +30,7 @@ rule restoration_table:
         "logs/tables/restoration.log",
     params:
         code=code_of("restoration_table.py"),
-        edits=canonical(EDITS),
+        edits=canonical(EDIT_SPECS),
     localrule: True
     conda:
         "../envs/analysis.yaml"

@@ -25,7 +25,7 @@ rule rl:
 
 rule rl_log_table:
     input:
-        expand("results/tables/rl/{rl_run}.parquet", rl_run=RL_RUNS),
+        lambda w: expand("results/tables/rl/{rl_run}.parquet", rl_run=chosen().rl_runs),
     output:
         parquet="results/tables/rl_log.parquet",
         csv="results/tables/rl_log.csv",

@@ -38,7 +38,7 @@ rule spectrum:
 
 rule spectrum_table:
     input:
-        [f"results/spectrum/{a}__{b}.parquet" for a, b in SPECTRUM_PAIRS],
+        lambda w: [f"results/spectrum/{a}__{b}.parquet" for a, b in chosen().spectrum_pairs],
     output:
         parquet="results/tables/spectrum.parquet",
         csv="results/tables/spectrum.csv",

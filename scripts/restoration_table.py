@@ -6,10 +6,14 @@ from pathlib import Path
 
 import polars as pl
 
-from rlheals import runlog, tables
+from rlheals import model_ids, runlog, tables
 
 log = runlog.setup(snakemake.log[0])
 edits = json.loads(snakemake.params.edits)
+if snakemake.input.points:  # edits that name a chosen point (sft-B): the step chosen after SFT
+    points = json.loads(Path(snakemake.input.points[0]).read_text())
+    edits = {name: {**spec, **{k: model_ids.resolve(spec[k], points) for k in ("base", "target")}}
+             for name, spec in edits.items()}
 episodes = {Path(p).stem: pl.read_parquet(p).to_dicts() for p in [*snakemake.input.edits, *snakemake.input.references]}
 table = tables.restoration_table(edits, episodes)
 runlog.write_atomic(snakemake.output.parquet, table.write_parquet)

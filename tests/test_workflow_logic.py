@@ -17,6 +17,29 @@ def default_config():
     return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 
+def explicit_config():
+    """The default config with every step written out (no point chosen after SFT)."""
+    config = default_config()
+    config["sft"].update(save_steps=[0, 10, 100, 200, 400, 600], max_steps=600)
+    config["rl"].update(algos=["grpo"], from_steps=[100, 200, 400, 600], seeds=2, save_updates=[30])
+    config["spectrum"]["best_ood_step"] = 200
+    config["restore"]["edits"] = [
+        {"name": "dirs_top20", "kind": "directions", "base": "sft-200", "target": "sft-600", "top": 0.2},
+        {"name": "layers25", "kind": "layers", "base": "sft-200", "target": "sft-600", "layers": 0.25}]
+    return config
+
+
+def symbolic_config():
+    """Steps named by the points the workflow chooses after SFT."""
+    config = explicit_config()
+    config["rl"]["from_steps"] = ["before_peak", "peak", "mid_decline", "last"]
+    config["spectrum"]["best_ood_step"] = "B"
+    config["restore"]["edits"] = [
+        {"name": "dirs_top20", "kind": "directions", "base": "sft-B", "target": "sft-T", "top": 0.2},
+        {"name": "reverse", "kind": "directions", "base": "sft-T", "target": "rl-grpo-T-s1", "top": 1.0}]
+    return config
+
+
 @pytest.fixture
 def package(tmp_path):
     """A small package laid out as rlheals is: modules importing each other in every written form."""
@@ -90,7 +113,7 @@ def test_model_ids_round_trip():
 def test_the_wildcard_regex_and_the_parser_agree():
     import re
 
-    study = workflow.Study(default_config())
+    study = workflow.Study(explicit_config())
     for model_id in [*study.eval_models, "rl-ppo-10-s3-u5"]:
         assert re.fullmatch(model_ids.MODEL_ID, model_id), model_id
         model_ids.parse(model_id)
@@ -100,7 +123,7 @@ def test_the_wildcard_regex_and_the_parser_agree():
 
 
 def test_study_lists_runs_models_pairs_and_edits():
-    config = default_config()
+    config = explicit_config()
     study = workflow.Study(config)
     assert study.sft_steps == sorted(config["sft"]["save_steps"])
     assert study.last_sft == f"sft-{max(config['sft']['save_steps'])}"
@@ -123,9 +146,37 @@ def test_study_lists_runs_models_pairs_and_edits():
      "restore.edits.x.layers: kind 'layers' needs layers"),
 ])
 def test_study_refuses_models_it_does_not_make(edit, words):
-    config = copy.deepcopy(default_config())
+    config = explicit_config()
     edit(config)
     with pytest.raises(ValueError, match=words):
+        workflow.Study(config)
+
+
+def test_points_chosen_after_sft_complete_the_study():
+    """A config that names points plans nothing that depends on them until they are chosen; then the
+    runs, pairs and edits name the chosen steps, as the same config with the steps written out does."""
+    study = workflow.Study(symbolic_config())
+    assert study.needs_points and not study.resolved
+    assert study.rl_runs == [] and study.edits == {} and study.edit_models == ["edit-dirs_top20", "edit-reverse"]
+    assert ("sft-200", "sft-400") not in study.spectrum_pairs and ("base", "sft-600") in study.spectrum_pairs
+    points = {"B": 100, "T": 600, "before_peak": 10, "peak": 100, "mid_decline": 400, "last": 600}
+    chosen = workflow.Study(symbolic_config(), points)
+    assert chosen.resolved and chosen.rl_from == [10, 100, 400, 600]
+    assert "grpo-10-s2" in chosen.rl_runs and "sft_continue-400-s1" in chosen.rl_runs
+    assert ("sft-100", "sft-600") in chosen.spectrum_pairs and ("sft-10", "sft-100") not in chosen.spectrum_pairs
+    assert chosen.edits["dirs_top20"] | {"base": "sft-100", "target": "sft-600"} == chosen.edits["dirs_top20"]
+    assert chosen.edits["reverse"]["target"] == "rl-grpo-600-s1"
+    assert chosen.edit_inputs("dirs_top20")["base"] == "results/models/sft-100"
+    # A point with no checkpoint in its range (here: before a peak at the first step) is left out.
+    early = workflow.Study(symbolic_config(), {**points, "B": 10, "peak": 10, "before_peak": None})
+    assert early.rl_from == [10, 400, 600]
+    assert not workflow.Study(explicit_config()).needs_points
+
+
+def test_unknown_points_are_named():
+    config = symbolic_config()
+    config["rl"]["from_steps"] = ["peak", "summit"]
+    with pytest.raises(ValueError, match=r"rl.from_steps: \['summit'\] are not steps nor points"):
         workflow.Study(config)
 
 

@@ -47,8 +47,9 @@ def _check_cross_keys(config: Mapping) -> None:
         raise ConfigError("config key sft.grad_accum: must divide sft.batch_size")
     rl = config.get("rl", {})
     from_steps = rl.get("from_steps", "all")
-    if from_steps != "all" and steps and set(from_steps) - set(steps):
-        raise ConfigError(f"config key rl.from_steps: steps {sorted(set(from_steps) - set(steps))} are not in sft.save_steps {sorted(steps)}")
+    numbered = set() if from_steps == "all" else {s for s in from_steps if isinstance(s, int)}
+    if steps and numbered - set(steps):
+        raise ConfigError(f"config key rl.from_steps: steps {sorted(numbered - set(steps))} are not in sft.save_steps {sorted(steps)}")
     if any(u >= rl.get("updates", 1 << 30) for u in rl.get("save_updates", [])):
         raise ConfigError(f"config key rl.save_updates: updates must be below rl.updates={rl.get('updates')} (the last is always saved)")
     model = config.get("model", {})

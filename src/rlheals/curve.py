@@ -52,3 +52,25 @@ def forgetting(id_rows: Sequence[Mapping], ood_rows: Sequence[Mapping]) -> Forge
         peak_step=top["sft_step"], last_step=last["sft_step"], ood_peak=top["accuracy"], ood_last=last["accuracy"],
         id_base=id_by_step[0]["accuracy"], id_last=id_by_step[last["sft_step"]]["accuracy"],
         intervals_apart=top["accuracy_low"] > last["accuracy_high"])
+
+
+# The RL starting points the workflow can choose, relative to the OOD peak (B) and the last step (T).
+START_POINTS = ("before_peak", "peak", "mid_decline", "last")
+
+
+def _nearest(steps: Sequence[int], goal: float) -> int | None:
+    return min(steps, key=lambda s: (abs(s - goal), s)) if steps else None
+
+
+def choose_points(ood_rows: Sequence[Mapping]) -> dict[str, int | None]:
+    """B (the best-OOD checkpoint after step 0; the earliest on a tie), T (the last checkpoint) and the
+    RL starting points: the checkpoint nearest half-way to B (before_peak), B (peak), the checkpoint
+    nearest half-way from B to T (mid_decline) and T (last). A point with no checkpoint strictly in its
+    range (B is the first checkpoint, or B is T) is None."""
+    steps = sorted(r["sft_step"] for r in ood_rows)
+    b, t = peak(ood_rows)["sft_step"], steps[-1]
+    return {"B": b, "T": t,
+            "before_peak": _nearest([s for s in steps if 0 < s < b], b / 2),
+            "peak": b,
+            "mid_decline": _nearest([s for s in steps if b < s < t], (b + t) / 2),
+            "last": t}

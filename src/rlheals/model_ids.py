@@ -8,7 +8,10 @@
                                           intermediate checkpoint, none: the run's last update
     edit-{name}                           a restoration edit
 
-An RL run id is the model id without its `rl-` prefix and update: {algo}-{step}[-s{seed}]."""
+An RL run id is the model id without its `rl-` prefix and update: {algo}-{step}[-s{seed}].
+
+In the config a step may be written as a point the workflow chooses from the SFT curve (rlheals.curve):
+`sft-B` (the best-OOD checkpoint), `sft-T` (the last), `rl-grpo-T-s1`; `resolve` writes the step in."""
 
 from __future__ import annotations
 
@@ -55,6 +58,18 @@ def parse_rl_run(run: str) -> RLRun:
         raise ValueError(f"not an RL run id ({{algo}}-{{step}}[-s{{seed}}]): {run!r}")
     algo, step, seed = m.groups()
     return RLRun(algo, int(step), int(seed or 1))
+
+
+SYMBOLIC = re.compile(r"(?<=-)(B|T)(?=-|$)")  # a chosen point in place of a step: sft-B, rl-ppo-T-s2
+
+
+def is_symbolic(model_id: str) -> bool:
+    return bool(SYMBOLIC.search(model_id))
+
+
+def resolve(model_id: str, points: dict[str, int]) -> str:
+    """'sft-B' -> 'sft-200' with points {'B': 200, ...}; ids without a point are returned as they are."""
+    return SYMBOLIC.sub(lambda m: str(points[m.group(1)]), model_id)
 
 
 def sft_step(model_id: str) -> int:

@@ -14,13 +14,14 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from rlheals import model_ids, settings
+from rlheals import curve, model_ids, settings
 
 PACKAGE = "rlheals"
 PACKAGE_DIR = Path(__file__).resolve().parent
 SPLITS = ["sft_train", "rl_train", "id_test", "ood_test"]
 TEST_SPLITS = ["id_test", "ood_test"]
 DEEPSPEED_DIR = "config/deepspeed"
+POINTS_FILE = "results/tables/sft_points.json"  # B, T and the RL starting points, chosen after SFT
 
 
 def canonical(obj) -> str:
@@ -86,13 +87,29 @@ def code_hash(script: str | Path, package_dir: Path = PACKAGE_DIR) -> str:
 
 class Study:
     """The study a config describes: its SFT steps, RL runs, models, spectrum pairs and edits, and the
-    config slice of each rule. A model id the config names must be one the study makes."""
+    config slice of each rule. A model id the config names must be one the study makes.
 
-    def __init__(self, config: Mapping):
+    A config may name steps by the points the workflow chooses from the SFT curve (`rl.from_steps:
+    [peak, last]`, `spectrum.best_ood_step: B`, `sft-B` in an edit): then `needs_points`, and the lists
+    that depend on them are complete only once the chosen `points` (rlheals.curve.choose_points) are given."""
+
+    def __init__(self, config: Mapping, points: Mapping[str, int | None] | None = None):
         self.config = config
         self.sft_steps = sorted(config["sft"]["save_steps"])
         rl = config["rl"]
-        self.rl_from = self.sft_steps if rl["from_steps"] == "all" else sorted(rl["from_steps"])
+        symbols = [v for v in ([] if rl["from_steps"] == "all" else rl["from_steps"]) if isinstance(v, str)]
+        if unknown := sorted(set(symbols) - set(curve.START_POINTS)):
+            raise ValueError(f"config key rl.from_steps: {unknown} are not steps nor points ({', '.join(curve.START_POINTS)})")
+        self.edit_specs = self._edit_specs()
+        self.needs_points = bool(symbols) or self.config["spectrum"]["best_ood_step"] == "B" or any(
+            model_ids.is_symbolic(spec[k]) for spec in self.edit_specs.values() for k in ("base", "target"))
+        self.points = dict(points) if points is not None else None
+        self.resolved = self.points is not None or not self.needs_points
+        if rl["from_steps"] == "all":
+            self.rl_from = self.sft_steps
+        else:
+            chosen = [self.points.get(v) if self.points else None for v in symbols]
+            self.rl_from = sorted({v for v in rl["from_steps"] if isinstance(v, int)} | {v for v in chosen if v is not None})
         self.rl_algos = [*rl["algos"], *([model_ids.CONTROL] if rl["control"] else [])]
         self.rl_seeds = list(range(1, rl["seeds"] + 1))
         self.rl_save_updates = sorted(rl["save_updates"])
@@ -104,9 +121,13 @@ class Study:
         self.study_models = ["base", *map(model_ids.sft, self.sft_steps), *self.rl_models]
         self.spectrum_pairs = self._spectrum_pairs()
         self.edits = self._edits()
-        self.edit_models = [f"edit-{name}" for name in self.edits]
+        self.edit_models = [f"edit-{name}" for name in self.edit_specs]
         self.eval_models = [*self.study_models, *self.edit_models]
         self.last_sft = model_ids.sft(self.sft_steps[-1])
+
+    def resolve(self, model_id: str) -> str:
+        """A model id with a chosen point (sft-B) written as its step."""
+        return model_ids.resolve(model_id, self.points) if self.points else model_id
 
     def known_model(self, model_id: str, key: str) -> str:
         if model_id not in self.study_models:
@@ -118,6 +139,8 @@ class Study:
         if spectrum["base_vs_sft"]:
             pairs += [("base", model_ids.sft(s)) for s in self.sft_steps if s > 0]
         best = spectrum["best_ood_step"]
+        if best == "B":
+            best = self.points["B"] if self.points else None
         if best is not None:
             self.known_model(model_ids.sft(best), "spectrum.best_ood_step")
             pairs += [(model_ids.sft(best), model_ids.sft(s)) for s in self.sft_steps if s > best]
@@ -127,17 +150,27 @@ class Study:
             pairs.append((self.known_model(a, f"spectrum.pairs.{i}"), self.known_model(b, f"spectrum.pairs.{i}")))
         return list(dict.fromkeys(pairs))
 
-    def _edits(self) -> dict[str, dict]:
+    def _edit_specs(self) -> dict[str, dict]:
         specs = self.config["restore"]["edits"]
         edits = {edit["name"]: edit for edit in specs}
         if len(edits) != len(specs):
             raise ValueError("config key restore.edits: edit names must be unique")
         for name, spec in edits.items():
-            self.known_model(spec["base"], f"restore.edits.{name}.base")
-            self.known_model(spec["target"], f"restore.edits.{name}.target")
             if spec["kind"] == "layers" and "layers" not in spec and "layer_range" not in spec:
                 raise ValueError(
                     f"config key restore.edits.{name}.layers: kind 'layers' needs layers (a share) or layer_range")
+        return edits
+
+    def _edits(self) -> dict[str, dict]:
+        """The edits with their models' steps written in; until the points are chosen, only those that
+        name no point."""
+        edits = {}
+        for name, spec in self.edit_specs.items():
+            if not self.points and any(model_ids.is_symbolic(spec[k]) for k in ("base", "target")):
+                continue
+            edits[name] = {**spec, "base": self.resolve(spec["base"]), "target": self.resolve(spec["target"])}
+            self.known_model(edits[name]["base"], f"restore.edits.{name}.base")
+            self.known_model(edits[name]["target"], f"restore.edits.{name}.target")
         return edits
 
     def edit_inputs(self, edit: str) -> dict[str, str]:
