@@ -9,14 +9,14 @@ log = runlog.setup(snakemake.log[0])
 cfg = json.loads(snakemake.params.cfg)
 target, settings = cfg["target"], cfg["pretrain"]
 test_keys = {cards.value_key(r["values"]) for path in snakemake.input.tests for r in data.read_jsonl(path)}
-# Banned with the target: every test hand's multiset, and every multiset of a rule no training split deals.
-banned = test_keys | data.never_trained_multisets(cfg["game"], cfg["data"])
+# Banned with the target: every test hand's value multiset, and every multiset reserved for a test split.
+banned = test_keys | frozenset().union(*data.heldout_multisets(cfg["game"], cfg["data"]).values())
 docs = pretrain.make_corpus(settings["corpus_size"], target, banned, settings["mix"], settings["seed"],
                             settings["target_puzzle_sizes"], restate=cards.restates_values(cfg["format"]))
 data.write_jsonl(docs, snakemake.output.corpus)
 leaked = sum(d["target"] == target and pretrain.doc_key(d) in banned for d in docs)
 if leaked:
-    raise RuntimeError(f"{leaked} pretraining documents hold a test hand's or an untrained rule's value multiset")
+    raise RuntimeError(f"{leaked} pretraining documents hold a test hand's or a reserved value multiset")
 manifest = {
     "count": len(docs),
     "by_kind": dict(Counter(d["kind"] for d in docs)),

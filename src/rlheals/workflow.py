@@ -196,7 +196,9 @@ class Study:
     def pretrain_corpus_slice(self) -> dict:
         p, data = self.config["pretrain"], self.config["data"]
         return {"target": self.config["game"]["target"], "format": self.config["prompt"]["format"],
-                "game": self.config["game"], "data": {"splits": {s: {"rule": data["splits"][s]["rule"]} for s in SPLITS}},
+                "game": self.config["game"],
+                "data": {"holdout_seed": data["holdout_seed"], "holdout_share": data["holdout_share"],
+                         "splits": {s: {"rule": data["splits"][s]["rule"]} for s in TEST_SPLITS}},
                 "pretrain": {k: p[k] for k in ("corpus_size", "mix", "target_puzzle_sizes", "seed")}}
 
     def base_slice(self) -> dict:
