@@ -73,7 +73,6 @@ rule report_tables:
     params:
         code=code_of("report_tables.py"),
         last_sft=LAST_SFT,
-        episodes=config["eval"]["episodes"],
     localrule: True
     conda:
         "../envs/analysis.yaml"

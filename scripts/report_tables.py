@@ -15,7 +15,7 @@ points = tables.rotation_points(spectrum, accuracy)
 found = pl.DataFrame(
     [*findings.sft_forgetting(accuracy, losses), *findings.rl_healing(recovery),
      *findings.spectrum_stability(spectrum, pl.read_parquet(snakemake.input.by_rank), "base", last),
-     *findings.rotation_predicts_ood(points), *findings.restoration_findings(restoration, snakemake.params.episodes),
+     *findings.rotation_predicts_ood(points), *findings.restoration_findings(restoration),
      *findings.update_norms(spectrum, "base", last)],
     schema_overrides={"value": pl.Float64, "reproduced": pl.Boolean})
 out = {"sft_curve": tables.sft_curve(accuracy, losses), "rl_recovery": recovery,

@@ -62,16 +62,26 @@ def test_rl_healing_compares_with_the_control_across_seeds():
     row = recovery.filter(pl.col("algo") == "grpo", pl.col("sft_step") == 200, pl.col("rule") == "ood").row(0, named=True)
     assert row["acc_after"] == pytest.approx(0.085) and row["n_seeds"] == 2
     assert row["recovered_share"] == pytest.approx((0.085 - 0.03) / (0.10 - 0.03))
+    # The standard error of a mean over seeds: never below one evaluation's binomial noise.
+    assert row["acc_after_se"] == pytest.approx(math.sqrt((0.09 * 0.91 + 0.08 * 0.92) / 2 / 500 / 2))
     healed = {r["claim"]: r for r in findings.rl_healing(recovery)}
-    assert healed["RL (grpo) from SFT step 200 restores OOD accuracy beyond the control"]["reproduced"] is True
-    assert healed["RL (grpo) from SFT step 100 restores OOD accuracy beyond the control"]["reproduced"] is False  # seeds overlap
+    up = healed["RL (grpo) from SFT step 200 restores OOD accuracy beyond the control"]
+    assert up["reproduced"] is True and up["value"] == pytest.approx(4.0) and "interval lies above 0" in up["note"]
+    low, high = map(float, re.search(r"\[(.+), (.+)\]", up["uncertainty"]).groups())
+    assert 0 < low < 4.0 < high
+    tied = healed["RL (grpo) from SFT step 100 restores OOD accuracy beyond the control"]
+    assert tied["reproduced"] is False and "interval holds 0" in tied["note"]
+    zero = tables.rl_recovery_table(accuracy_rows({0: 0.0, 6: 0.0}, {("grpo", 6, 1): 0.0, ("sft_continue", 6, 1): 0.0}, n=24))
+    assert findings.rl_healing(zero)[0]["reproduced"] is None and "undefined" in findings.rl_healing(zero)[0]["note"]
     window = figures.recovery_window(recovery)
     assert window.height == 1 and window["start"][0] == 150.0 and window["end"][0] == 200.0
 
 
 def test_recovery_standard_error_and_rank_correlation():
-    se = findings.recovery_se(0.15, 0.20, 0.10, 500)
-    assert 0.1 < se < 0.5 and math.isnan(findings.recovery_se(0.1, 0.1, 0.1, 500))
+    from rlheals import restore
+
+    se = restore.recovery_se(0.15, 0.20, 0.10, 500)
+    assert 0.1 < se < 0.5 and math.isnan(restore.recovery_se(0.1, 0.1, 0.1, 500))
     assert findings.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert findings.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
 
@@ -183,16 +193,24 @@ def test_report_and_every_figure_render_offline_in_chromium(finished_study, tmp_
     assert drawn_share(screenshot(workflow.path / "report.html", tmp_path / "report.png")) > 0.003
 
 
-def test_restoration_finding_says_when_the_recovery_fraction_is_undefined():
-    def table(acc_base):
-        return pl.DataFrame([{"edit": "dirs_top20", "kind": "directions", "base": "sft-200", "target": "sft-600",
-                              "top": 0.2, "tail": 0.0, "layers": None, "rule": "ood", "acc_edit": 0.05,
-                              "acc_base": acc_base, "acc_target": 0.03,
-                              "recovery": float("nan") if acc_base == 0.03 else (0.05 - 0.03) / (acc_base - 0.03)}])
-    tie, = findings.restoration_findings(table(0.03), 500)
-    assert tie["uncertainty"] == "undefined: B and T have the same OOD accuracy" and tie["reproduced"] is None
-    gap, = findings.restoration_findings(table(0.07), 500)
-    assert gap["value"] == pytest.approx(0.5) and gap["uncertainty"].endswith("(1 s.e., binomial)")
-    close, = findings.restoration_findings(table(0.05), 500)  # B 5% and T 3%: the 95% intervals overlap
-    assert close["value"] == pytest.approx(1.0) and close["reproduced"] is None
-    assert close["note"].startswith("undefined: B and T are not apart beyond their 95% intervals")
+def test_restoration_findings_give_every_edit_an_interval_or_say_it_is_undefined():
+    def table(acc_base, edit="dirs_top20", top=0.2):
+        episodes = {}
+        for model, acc in (("sft-200", acc_base), ("sft-600", 0.03), (f"edit-{edit}", 0.05)):
+            k = round(acc * 500)
+            episodes[model] = [{"rule": "ood", "correct": i < k, "first_correct": i < k, "format_error": False,
+                                "value_mapping": True, "tries": 1} for i in range(500)]
+        spec = {"kind": "directions", "base": "sft-200", "target": "sft-600", "top": top}
+        return tables.restoration_table({edit: spec}, episodes)
+
+    tie, = findings.restoration_findings(table(0.03))
+    assert tie["value"] is None and tie["reproduced"] is None and tie["uncertainty"].startswith("undefined")
+    gap, = findings.restoration_findings(table(0.07))
+    assert gap["value"] == pytest.approx(0.5) and gap["uncertainty"].startswith("95% interval [")
+    low, high = map(float, re.search(r"\[(.+), (.+)\]", gap["uncertainty"]).groups())
+    assert low < 0.5 < high and gap["reproduced"] is (low > 0)
+    close, = findings.restoration_findings(table(0.05))  # B 5% and T 3%: the 95% intervals overlap
+    assert close["value"] is None and close["reproduced"] is None
+    assert close["uncertainty"] == "undefined: B and T are not apart beyond their 95% intervals"
+    other, = findings.restoration_findings(table(0.12, edit="dirs_tail", top=0.0))  # not one of the papers' claims
+    assert other["paper"] == "no claim in the papers" and other["reproduced"] is None and other["value"] is not None

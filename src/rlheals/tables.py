@@ -41,10 +41,12 @@ def spectrum_table(pairs: Sequence[pl.DataFrame]) -> pl.DataFrame:
 
 
 def restoration_table(edits: Mapping[str, Mapping], episodes: Mapping[str, Sequence[Mapping]]) -> pl.DataFrame:
-    """Per edit and rule: the edited model's accuracy, its B's and T's, and the recovery fraction."""
+    """Per edit and rule: the edited model's accuracy, its B's and T's, and the recovery fraction with its
+    95% interval (delta method over the three binomial accuracies; NaN where B and T score the same)."""
     from rlheals import restore
 
-    accuracy = {m: {rule: s["accuracy"] for rule, s in summarize(rows).items()} for m, rows in episodes.items()}
+    summaries = {m: summarize(rows) for m, rows in episodes.items()}
+    accuracy = {m: {rule: s["accuracy"] for rule, s in by_rule.items()} for m, by_rule in summaries.items()}
     rows = []
     for name, spec in edits.items():
         for rule, acc in accuracy[f"edit-{name}"].items():
@@ -52,21 +54,31 @@ def restoration_table(edits: Mapping[str, Mapping], episodes: Mapping[str, Seque
             rows.append({"edit": name, "kind": spec["kind"], "base": spec["base"], "target": spec["target"],
                          "top": spec.get("top", 0.0), "tail": spec.get("tail", 0.0), "layers": spec.get("layers"),
                          "layer_range": None if spec.get("layer_range") is None else "{}-{}".format(*spec["layer_range"]),
-                         "rule": rule, "acc_edit": acc, "acc_base": base, "acc_target": target,
-                         "recovery": restore.recovery(acc, base, target)})
+                         "rule": rule, "n_episodes": (n := summaries[f"edit-{name}"][rule]["n_episodes"]),
+                         "acc_edit": acc, "acc_base": base, "acc_target": target,
+                         "recovery": restore.recovery(acc, base, target),
+                         "recovery_se": restore.recovery_se(acc, base, target, n)})
+    table = pl.DataFrame(rows, schema_overrides={"layers": pl.Float64, "layer_range": pl.String})
+    return table.with_columns((pl.col("recovery") - 1.96 * pl.col("recovery_se")).alias("recovery_low"),
+                              (pl.col("recovery") + 1.96 * pl.col("recovery_se")).alias("recovery_high"))
     return pl.DataFrame(rows, schema_overrides={"layers": pl.Float64, "layer_range": pl.String})
 
 
 def rl_recovery_table(accuracy: pl.DataFrame) -> pl.DataFrame:
     """Per (algo, SFT step, rule): accuracy of the SFT checkpoint (before), of the final RL models (after:
-    mean, min and max over seeds), the best SFT accuracy (peak), and the recovered share of the drop from
-    the peak, (after - before) / (peak - before), defined where the start is below the peak."""
+    mean, min and max over seeds, and the standard error of the mean), the best SFT accuracy (peak), and
+    the recovered share of the drop from the peak, (after - before) / (peak - before), defined where the
+    start is below the peak. The standard error takes the larger of the spread between seeds and the
+    binomial noise of one evaluation, so two seeds that happen to agree do not claim certainty."""
     sft = accuracy.filter(pl.col("stage") == "sft").select("sft_step", "rule", pl.col("accuracy").alias("acc_before"))
     peak = sft.group_by("rule").agg(pl.col("acc_before").max().alias("acc_peak"))
     final = accuracy.filter(pl.col("stage") == "rl", pl.col("rl_update").is_null())
+    binomial = pl.col("accuracy") * (1 - pl.col("accuracy")) / pl.col("n_episodes")
     after = final.group_by("algo", "sft_step", "rule").agg(
         pl.col("accuracy").mean().alias("acc_after"), pl.col("accuracy").min().alias("acc_after_min"),
-        pl.col("accuracy").max().alias("acc_after_max"), pl.len().alias("n_seeds"))
+        pl.col("accuracy").max().alias("acc_after_max"), pl.len().alias("n_seeds"),
+        pl.max_horizontal(pl.col("accuracy").var().fill_null(0.0), binomial.mean()).alias("_var"))
+    after = after.with_columns((pl.col("_var") / pl.col("n_seeds")).sqrt().alias("acc_after_se")).drop("_var")
     table = after.join(sft, on=["sft_step", "rule"]).join(peak, on="rule").with_columns(
         pl.when(pl.col("acc_peak") > pl.col("acc_before"))
         .then((pl.col("acc_after") - pl.col("acc_before")) / (pl.col("acc_peak") - pl.col("acc_before")))
