@@ -8,9 +8,11 @@ Needs only Python 3.11+ and pip. The venv (.venv) is rebuilt when requirements*.
 """
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -51,7 +53,14 @@ def main() -> int:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [BIN / "snakemake", "--cores", "all", *args] if task == "study" else [BIN / "pytest", *args]
     print("+", " ".join(map(str, cmd)), flush=True)
-    return subprocess.run(list(map(str, cmd)), cwd=ROOT, env=env).returncode
+    start = time.time()
+    code = subprocess.run(list(map(str, cmd)), cwd=ROOT, env=env).returncode
+    if task == "study" and code == 0 and "-n" not in args and "--dry-run" not in args:
+        # The wall time of the run, for docs/results/record.py (it covers only the jobs this run ran).
+        record = {"seconds": round(time.time() - start), "cores": os.cpu_count(), "arguments": args,
+                  "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        (ROOT / "results" / "run_time.json").write_text(json.dumps(record, indent=1) + "\n")
+    return code
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@ from rlheals import figures, findings, tables
 from rlheals.report import FIGURES, SPECTRUM_PAIR_FILES, figure
 
 
-def accuracy_rows(ood_by_step: dict[int, float], rl: dict[tuple[str, int, int], float] = {}, n: int = 500) -> pl.DataFrame:
-    """An accuracy table as the workflow writes it: SFT steps (ID = OOD + 5 points) and RL models."""
+def accuracy_rows(ood_by_step: dict[int, float], rl: dict[tuple[str, int, int], float] = {}, n: int = 500,
+                  id_by_step: dict[int, float] | None = None) -> pl.DataFrame:
+    """An accuracy table as the workflow writes it: SFT steps (ID = OOD + 5 points unless given) and RL models."""
     episodes = {}
     for step, acc in ood_by_step.items():
-        for rule, a in (("ood", acc), ("id", acc + 0.05)):
+        for rule, a in (("ood", acc), ("id", acc + 0.05 if id_by_step is None else id_by_step[step])):
             k = round(a * n)
             episodes.setdefault(f"sft-{step}", []).extend(
                 [{"rule": rule, "correct": i < k, "first_correct": i < k, "format_error": False, "value_mapping": True,
@@ -33,9 +34,13 @@ def accuracy_rows(ood_by_step: dict[int, float], rl: dict[tuple[str, int, int], 
 
 def test_forgetting_is_found_only_when_the_peak_clearly_beats_the_end():
     losses = pl.DataFrame({"step": [0, 100, 200, 300], "train_loss": [2.0, 1.0, 0.5, 0.2], "ood_loss": [2.0, 0.9, 1.0, 1.5]})
-    peaked = findings.sft_forgetting(accuracy_rows({0: 0.03, 100: 0.15, 200: 0.10, 300: 0.04}), losses)
+    rising = {0: 0.05, 100: 0.2, 200: 0.3, 300: 0.4}
+    peaked = findings.sft_forgetting(accuracy_rows({0: 0.03, 100: 0.15, 200: 0.10, 300: 0.04}, id_by_step=rising), losses)
     assert peaked[0]["reproduced"] is True and peaked[0]["value"] == pytest.approx(11.0)
     assert "peak at step 100 of 300" in peaked[0]["note"]
+    # The same OOD curve while ID stays where the base model was: not the papers' forgetting.
+    still = findings.sft_forgetting(accuracy_rows({0: 0.03, 100: 0.15, 200: 0.10, 300: 0.04}), losses)
+    assert still[0]["reproduced"] is False and "ID 8.0% at the base, 9.0% at the end" in still[0]["note"]
     assert peaked[1]["reproduced"] is False  # the lowest OOD loss is at the best-OOD step here
     flat = findings.sft_forgetting(accuracy_rows({0: 0.05, 100: 0.06, 200: 0.055, 300: 0.05}), losses)
     assert flat[0]["reproduced"] is None and flat[1]["reproduced"] is None  # a one-point bump: no best checkpoint

@@ -8,7 +8,7 @@ import math
 
 import polars as pl
 
-from rlheals import restore
+from rlheals import curve, restore
 from rlheals.episodes import wilson
 
 
@@ -27,24 +27,31 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _ratio(test: curve.Forgetting) -> str:
+    return f"{test.ood_peak / test.ood_last:.1f}x" if test.ood_last else "infinitely many times"
+
+
 def sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame) -> list[dict]:
-    """Finding 1: OOD accuracy peaks early in SFT and then declines, and the loss does not find the peak.
-    Undefined (reproduced None) where the curve is flat: no checkpoint lies outside the best one's 95%
-    interval, so there is no best checkpoint to speak of."""
-    ood = _sft(accuracy, "ood")
-    peak = ood.sort("accuracy", "sft_step", descending=[True, False]).row(0, named=True)
+    """Finding 1: OOD accuracy peaks early in SFT and then declines while ID keeps rising (the criterion of
+    rlheals.curve), and the loss does not find the peak. Undefined (reproduced None) where the curve is
+    flat: no checkpoint lies outside the best one's 95% interval, so there is no best checkpoint."""
+    ood, id_ = _sft(accuracy, "ood"), _sft(accuracy, "id")
+    peak = curve.peak(ood.to_dicts())
     last = ood.row(-1, named=True)
-    drop = peak["accuracy"] - last["accuracy"]
-    separated = peak["accuracy_low"] > last["accuracy_high"]
+    test = curve.forgetting(id_.to_dicts(), ood.to_dicts())
     flat = not (ood["accuracy_high"] < peak["accuracy_low"]).any()
     interval = lambda r: f"{_pct(r['accuracy'])} [{_pct(r['accuracy_low'])}, {_pct(r['accuracy_high'])}]"  # noqa: E731
     undefined = "undefined: OOD accuracy is flat (every checkpoint within the best one's 95% interval)"
-    rows = [_row("1", "OOD accuracy peaks early in SFT, then declines", "OOD drop from the peak to the last step (points)",
-                 100 * drop, f"peak {interval(peak)}, last {interval(last)} (95% Wilson)",
+    parts = (f"peak at step {peak['sft_step']} of {last['sft_step']}; drop {100 * test.drop:.1f} points "
+             f"(criterion: at least {100 * curve.MIN_DROP:.0f}), {_ratio(test)} of the last (at least "
+             f"{1 + curve.MIN_RELATIVE_DROP:.1f}x); the intervals " + ("do not overlap" if test.intervals_apart else "overlap")
+             + f"; ID {_pct(test.id_base)} at the base, {_pct(test.id_last)} at the end (at least "
+             f"{100 * curve.MIN_ID_GAIN:.0f} points up)")
+    rows = [_row("1", "OOD accuracy peaks early in SFT, then declines while ID rises",
+                 "OOD drop from the peak to the last step (points)", 100 * test.drop,
+                 f"peak {interval(peak)}, last {interval(last)} (95% Wilson)",
                  "Llama: peak 17.5% at step 140 -> 6.9% at 1100 (10.6 points)",
-                 None if flat else peak["sft_step"] < last["sft_step"] and separated,
-                 undefined if flat else f"peak at step {peak['sft_step']} of {last['sft_step']}; the intervals "
-                 + ("do not overlap" if separated else "overlap"))]
+                 None if flat else test.shown, undefined if flat else parts)]
     if "ood_loss" in losses.columns and losses["ood_loss"].drop_nulls().len():
         best_loss = int(losses.drop_nulls("ood_loss").sort("ood_loss")["step"][0])
         best_train = int(losses.drop_nulls("train_loss").sort("train_loss")["step"][0])
