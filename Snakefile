@@ -30,5 +30,7 @@ include: "rules/report.smk"
 
 rule all:
     input:
+        # Every SFT seed's chosen points first: their jobs are all planned at once.
+        POINTS_FILES,
         final_output,
     default_target: True

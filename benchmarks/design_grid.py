@@ -44,14 +44,24 @@ def _with(base: dict, **changes) -> dict:
     return out
 
 
+# Round 2 (docs/design.md): P, and card puzzles for the target under random rules in pretraining.
+C = _with(P, pretrain__mix={"numbers_target": 0.3, "numbers_other": 0.1, "cards_other": 0.3, "cards_target": 0.3})
+
 # arm -> (overlay, the arm whose seed-0 results it may start from)
 ARMS = {
+    # Round 1
     "P": (P, None),
     "previous": ({"sft": {"max_steps": 600}}, None),
     "P-compact": (_with(P, prompt__format="compact"), None),
     "P-reserved": (_with(P, data__holdout_share=0.25), None),
     "P-no-four": (_with(P, pretrain__target_puzzle_sizes={"two": 0.3, "three": 0.7, "four": 0.0}), None),
     "P-slow": (_with(P, sft__lr=1.0e-4, sft__max_steps=600), "P"),
+    # Round 2
+    "C": (C, None),
+    "C-compact": (_with(C, prompt__format="compact"), None),
+    "C-reserved": (_with(C, data__holdout_share=0.25), None),
+    "C-slow": (_with(C, sft__lr=1.0e-4, sft__max_steps=600), "C"),
+    "C-no-four": (_with(C, pretrain__target_puzzle_sizes={"two": 0.3, "three": 0.7, "four": 0.0}), None),
 }
 
 

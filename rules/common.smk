@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rlheals import model_ids
 from rlheals.report import FIGURES
-from rlheals.workflow import POINTS_FILE, SPLITS, TEST_SPLITS, Study, canonical, code_hash
+from rlheals.workflow import SPLITS, TEST_SPLITS, Study, canonical, code_hash
 
 study = Study(config)
 
@@ -14,19 +14,29 @@ RL_SAVE_UPDATES = study.rl_save_updates
 SPECTRUM = config["spectrum"]
 EDIT_SPECS = study.edit_specs
 EDIT_MODELS = study.edit_models
+# With several SFT seeds, the paths of one SFT run's files carry its seed (a wildcard); else nothing.
+SFT_SEEDED = study.sft_seeds != [None]
+SEED = "seed{sft_seed}-" if SFT_SEEDED else ""
+SEED_IN_EXPAND = "seed{{sft_seed}}-" if SFT_SEEDED else ""
+SFT_LOGS = [study.sft_log(s) for s in study.sft_seeds]
+POINTS_FILES = [study.points_file(s) for s in study.sft_seeds] if study.needs_points else []
+
+
+def sft_seed_of(wildcards):
+    return int(wildcards.sft_seed) if SFT_SEEDED else None
 
 
 def chosen():
-    """The study with the points it names (B, T, RL starting points) chosen: after the choose_points
-    checkpoint has run, when the config names any; the study as it is otherwise."""
+    """The study with the points it names (B, T, RL starting points) chosen for every SFT seed: after
+    the choose_points checkpoints have run, when the config names any; the study as it is otherwise."""
     if not study.needs_points:
         return study
-    with open(checkpoints.choose_points.get().output[0]) as f:
-        return Study(config, json.load(f))
-
-
-def points_input(wildcards):
-    return [POINTS_FILE] if study.needs_points else []
+    points = {}
+    for seed in study.sft_seeds:
+        done = checkpoints.choose_points.get(**({"sft_seed": seed} if SFT_SEEDED else {}))
+        with open(done.output[0]) as f:
+            points[seed] = json.load(f)
+    return Study(config, points)
 
 
 def code_of(script):
@@ -35,17 +45,17 @@ def code_of(script):
 
 
 def rl_start(wildcards):
-    return f"results/models/{model_ids.sft(model_ids.parse_rl_run(wildcards.rl_run).step)}"
+    return f"results/models/{model_ids.rl_start(wildcards.rl_run)}"
 
 
 def edit_inputs(wildcards):
-    return chosen().edit_inputs(wildcards.edit)
+    return chosen().edit_inputs(wildcards.edit_id)
 
 
 def final_output(wildcards):
     return [
         "results/data/manifest.json",
-        "results/tables/sft_log.parquet",
+        *SFT_LOGS,
         "results/tables/accuracy.parquet",
         "results/tables/rl_log.parquet",
         *[f"results/spectrum/{a}__{b}.parquet" for a, b in chosen().spectrum_pairs],
@@ -62,5 +72,6 @@ wildcard_constraints:
     rl_run=model_ids.RL_RUN,
     a=model_ids.MODEL_ID,
     b=model_ids.MODEL_ID,
-    edit=model_ids.EDIT,
+    edit_id=model_ids.EDIT_ID,
+    sft_seed=r"\d+",
     model_id=model_ids.MODEL_ID,

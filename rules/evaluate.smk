@@ -39,11 +39,11 @@ rule accuracy_table:
 # it has run (a Snakemake checkpoint). Asked for only when the config names a point (docs/study.md).
 checkpoint choose_points:
     input:
-        expand("results/eval/{model_id}.parquet", model_id=[model_ids.sft(s) for s in SFT_STEPS]),
+        lambda w: expand("results/eval/{model_id}.parquet", model_id=study.sft_models[sft_seed_of(w)]),
     output:
-        POINTS_FILE,
+        f"results/tables/{SEED}sft_points.json",
     log:
-        "logs/tables/sft_points.log",
+        f"logs/tables/{SEED}sft_points.log",
     localrule: True
     params:
         code=code_of("choose_points.py"),

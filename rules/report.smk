@@ -1,4 +1,4 @@
-from rlheals.report import SPECTRUM_PAIR_FILES
+from rlheals.report import SFT_LOG_FILES, SPECTRUM_PAIR_FILES
 
 LAST_SFT = study.last_sft
 STYLE = config["report"]
@@ -13,6 +13,7 @@ def figure_file_lists():
             f"results/spectrum/base__{LAST_SFT}.parquet",
             *[f"results/spectrum/{a}__{b}.parquet" for a, b in rl_pairs],
         ],
+        SFT_LOG_FILES: SFT_LOGS,
     }
 
 
@@ -48,7 +49,7 @@ for fig in FIGURES:
 rule report_tables:
     input:
         accuracy="results/tables/accuracy.parquet",
-        losses="results/tables/sft_log.parquet",
+        losses=SFT_LOGS,
         spectrum="results/tables/spectrum.parquet",
         restoration="results/tables/restoration.parquet",
         by_rank=f"results/spectrum/base__{LAST_SFT}.parquet",

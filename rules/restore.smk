@@ -3,12 +3,12 @@ rule restore:
         unpack(edit_inputs),
     output:
         # Only a step to its evaluation: removed once evaluated.
-        temp(directory("results/models/edit-{edit}")),
+        temp(directory("results/models/{edit_id}")),
     log:
-        "logs/restore/{edit}.log",
+        "logs/restore/{edit_id}.log",
     params:
         code=code_of("restore.py"),
-        spec=lambda w: canonical(EDIT_SPECS[w.edit]),
+        spec=lambda w: canonical(EDIT_SPECS[model_ids.parse(w.edit_id)["algo"]]),
     threads: 8
     conda:
         "../envs/analysis.yaml"
@@ -22,7 +22,7 @@ rule restoration_table:
         references=lambda w: sorted(
             {f"results/eval/{s[k]}.parquet" for s in chosen().edits.values() for k in ("base", "target")}
         ),
-        points=points_input,
+        points=POINTS_FILES,
     output:
         parquet="results/tables/restoration.parquet",
         csv="results/tables/restoration.csv",

@@ -6,15 +6,15 @@ rule sft:
         ood_test="results/data/ood_test.jsonl",
         deepspeed=study.sft_deepspeed(),
     output:
-        models=directory(expand("results/models/sft-{step}", step=SFT_STEPS)),
-        losses="results/tables/sft_log.parquet",
+        models=directory(expand(f"results/models/{SEED_IN_EXPAND}sft-{{step}}", step=SFT_STEPS)),
+        losses=f"results/tables/{SEED}sft_log.parquet",
     log:
-        "logs/sft.log",
+        f"logs/{SEED}sft.log",
     benchmark:
-        "benchmarks/results/sft.tsv"
+        f"benchmarks/results/{SEED}sft.tsv"
     params:
         code=code_of("sft.py"),
-        cfg=canonical(study.sft_slice()),
+        cfg=lambda w: canonical(study.sft_slice(sft_seed_of(w))),
     threads: 8
     conda:
         "../envs/train.yaml"

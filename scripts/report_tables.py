@@ -6,7 +6,7 @@ from rlheals import findings, runlog, tables
 
 log = runlog.setup(snakemake.log[0])
 accuracy = pl.read_parquet(snakemake.input.accuracy)
-losses = pl.read_parquet(snakemake.input.losses)
+losses = tables.read_sft_logs(snakemake.input.losses)
 spectrum = pl.read_parquet(snakemake.input.spectrum)
 restoration = pl.read_parquet(snakemake.input.restoration)
 last = snakemake.params.last_sft

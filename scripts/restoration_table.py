@@ -6,14 +6,16 @@ from pathlib import Path
 
 import polars as pl
 
-from rlheals import model_ids, runlog, tables
+from rlheals import model_ids, runlog, tables, workflow
 
 log = runlog.setup(snakemake.log[0])
-edits = json.loads(snakemake.params.edits)
-if snakemake.input.points:  # edits that name a chosen point (sft-B): the step chosen after SFT
-    points = json.loads(Path(snakemake.input.points[0]).read_text())
-    edits = {name: {**spec, **{k: model_ids.resolve(spec[k], points) for k in ("base", "target")}}
-             for name, spec in edits.items()}
+specs = json.loads(snakemake.params.edits)  # by name, as the config writes them (sft-B: a chosen point)
+points = {model_ids.split_seed(Path(p).stem)[0]: json.loads(Path(p).read_text()) for p in snakemake.input.points}
+edits = {}
+for path in snakemake.input.edits:
+    edit_id = Path(path).stem
+    sft_seed, name = model_ids.split_seed(edit_id)
+    edits[edit_id] = workflow.resolve_edit(specs[name.removeprefix("edit-")], sft_seed, points.get(sft_seed, {}))
 episodes = {Path(p).stem: pl.read_parquet(p).to_dicts() for p in [*snakemake.input.edits, *snakemake.input.references]}
 table = tables.restoration_table(edits, episodes)
 runlog.write_atomic(snakemake.output.parquet, table.write_parquet)

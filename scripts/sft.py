@@ -33,7 +33,8 @@ task = Task(
 losses = sft.run(job=job, task=task, settings=SFTSettings.from_config(cfg["sft"]))
 if not launch.is_main():  # the main worker writes the tables and clears the work directory
     raise SystemExit(0)
-table = pl.DataFrame(losses)
+sft_seed, _ = model_ids.split_seed(Path(snakemake.output.losses).stem)  # None in a study of one SFT seed
+table = pl.DataFrame(losses).with_columns(pl.lit(sft_seed, dtype=pl.Int64).alias("sft_seed"))
 runlog.write_atomic(snakemake.output.losses, table.write_parquet)
 shutil.rmtree(job.work)
 log.info("SFT done: %d logged steps; last: %s", table.height, losses[-1])

@@ -113,3 +113,18 @@ def test_pretraining_corpus_never_uses_the_target_with_a_test_multiset():
         assert doc["answer"] == again["answer"].split(" ; ", 1)[1]
     assert pretrain.make_corpus(50, 24, banned, {"numbers_target": 1, "numbers_other": 1, "cards_other": 1}, 3) == \
         pretrain.make_corpus(50, 24, banned, {"numbers_target": 1, "numbers_other": 1, "cards_other": 1}, 3)
+
+
+def test_card_puzzles_for_the_target_never_use_a_study_rule_or_a_banned_multiset():
+    study_rules = [(10, 10, 10), (11, 12, 13)]
+    banned = {(1, 2, 3, 4), (2, 3, 4, 10), (1, 1, 12, 12)}
+    docs = pretrain.make_corpus(300, 24, banned, {"numbers_target": 0, "numbers_other": 0, "cards_other": 0,
+                                                  "cards_target": 1}, 5, restate=False, study_rules=study_rules)
+    from rlheals.verify import Verifier
+
+    checker = Verifier(target=24)
+    for doc in docs:
+        assert doc["kind"] == "cards_target" and doc["target"] == 24 and doc["prompt"].startswith("rule J ")
+        assert pretrain.written_rule(doc) not in study_rules and pretrain.doc_key(doc) not in banned
+        assert checker(doc["answer"], pretrain.card_values(doc)).correct, doc
+    assert len({pretrain.written_rule(d) for d in docs}) > 100  # many rules, not a few memorised ones

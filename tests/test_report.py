@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 
 from rlheals import figures, findings, tables
-from rlheals.report import FIGURES, SPECTRUM_PAIR_FILES, figure
+from rlheals.report import FIGURES, SFT_LOG_FILES, SPECTRUM_PAIR_FILES, figure
 
 
 def accuracy_rows(ood_by_step: dict[int, float], rl: dict[tuple[str, int, int], float] = {}, n: int = 500,
@@ -118,7 +118,9 @@ def test_a_figure_entry_gives_its_rule_the_paths_and_the_file_lists_it_names():
     assert by_rank.input_files({SPECTRUM_PAIR_FILES: pairs}) == {"pairs": pairs}
     with pytest.raises(KeyError, match="spectrum_pair_files"):
         by_rank.input_files({})
-    assert figure("sft_accuracy").input_files({})["losses"] == "results/tables/sft_log.parquet"
+    logs = ["results/tables/seed0-sft_log.parquet", "results/tables/seed1-sft_log.parquet"]
+    files = figure("sft_accuracy").input_files({SFT_LOG_FILES: logs})
+    assert files["losses"] == logs and files["accuracy"] == "results/tables/accuracy.parquet"
     assert (by_rank.svg, by_rank.html, by_rank.log) == ("results/figures/spectrum_by_rank.svg",
                                                        "results/figures/spectrum_by_rank.html",
                                                        "logs/figures/spectrum_by_rank.log")
@@ -206,7 +208,7 @@ def test_restoration_findings_give_every_edit_an_interval_or_say_it_is_undefined
             episodes[model] = [{"rule": "ood", "correct": i < k, "first_correct": i < k, "format_error": False,
                                 "value_mapping": True, "tries": 1} for i in range(500)]
         spec = {"kind": "directions", "base": "sft-200", "target": "sft-600", "top": top}
-        return tables.restoration_table({edit: spec}, episodes)
+        return tables.restoration_table({f"edit-{edit}": spec}, episodes)
 
     tie, = findings.restoration_findings(table(0.03))
     assert tie["value"] is None and tie["reproduced"] is None and tie["uncertainty"].startswith("undefined")

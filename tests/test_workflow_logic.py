@@ -91,15 +91,23 @@ def test_every_script_hashes_the_modules_it_really_uses():
 
 def test_model_ids_round_trip():
     assert model_ids.parse("base")["stage"] == "base"
-    assert model_ids.parse("sft-120") == {"stage": "sft", "algo": None, "sft_step": 120, "rl_update": None, "seed": None}
-    assert model_ids.parse("rl-grpo-100-s1-u30") == {"stage": "rl", "algo": "grpo", "sft_step": 100, "rl_update": 30,
-                                                     "seed": 1}
+    assert model_ids.parse("sft-120") == {"stage": "sft", "algo": None, "sft_seed": None, "sft_step": 120,
+                                          "rl_update": None, "seed": None}
+    assert model_ids.parse("rl-grpo-100-s1-u30") == {"stage": "rl", "algo": "grpo", "sft_seed": None, "sft_step": 100,
+                                                     "rl_update": 30, "seed": 1}
     assert model_ids.parse("rl-sft_continue-6")["algo"] == model_ids.CONTROL
-    assert model_ids.parse("edit-dirs_top20") == {"stage": "edit", "algo": "dirs_top20", "sft_step": None,
-                                                  "rl_update": None, "seed": None}
+    assert model_ids.parse("edit-dirs_top20") == {"stage": "edit", "algo": "dirs_top20", "sft_seed": None,
+                                                  "sft_step": None, "rl_update": None, "seed": None}
+    # Several SFT seeds: the seed comes first in every id that follows from an SFT run.
+    assert model_ids.parse("seed2-rl-ppo-50-s3-u10") == {"stage": "rl", "algo": "ppo", "sft_seed": 2, "sft_step": 50,
+                                                         "rl_update": 10, "seed": 3}
+    assert model_ids.rl(model_ids.rl_run("grpo", 50, 1, True, sft_seed=2)) == "seed2-rl-grpo-50-s1"
+    assert model_ids.rl_start("seed2-grpo-50-s1") == "seed2-sft-50" and model_ids.rl_start("grpo-50") == "sft-50"
+    assert model_ids.edit("dirs", 1) == "seed1-edit-dirs" and model_ids.parse("seed1-edit-dirs")["sft_seed"] == 1
+    assert model_ids.split_seed("seed10-sft-5") == (10, "sft-5") and model_ids.sft_step("results/models/seed1-sft-40") == 40
     assert model_ids.rl(model_ids.rl_run("ppo", 40, 2, seeded=True), 30) == "rl-ppo-40-s2-u30"
     assert model_ids.rl_run("ppo", 40, 1, seeded=False) == "ppo-40"
-    assert model_ids.parse_rl_run("grpo-100-s2") == ("grpo", 100, 2)
+    assert model_ids.parse_rl_run("grpo-100-s2") == ("grpo", 100, 2, None)
     assert model_ids.parse_rl_run("grpo-100").seed == 1
     assert model_ids.sft_step("results/models/sft-40") == 40
     assert model_ids.rl_update("results/models/rl-grpo-6-u1") == 1
@@ -114,12 +122,13 @@ def test_the_wildcard_regex_and_the_parser_agree():
     import re
 
     study = workflow.Study(explicit_config())
-    for model_id in [*study.eval_models, "rl-ppo-10-s3-u5"]:
+    for model_id in [*study.eval_models, "rl-ppo-10-s3-u5", "seed1-rl-ppo-10-s3-u5", "seed1-edit-x", "seed0-sft-0"]:
         assert re.fullmatch(model_ids.MODEL_ID, model_id), model_id
         model_ids.parse(model_id)
     for run in study.rl_runs:
         assert re.fullmatch(model_ids.RL_RUN, run)
-    assert not re.fullmatch(model_ids.MODEL_ID, "sft-10-extra")
+    assert not re.fullmatch(model_ids.MODEL_ID, "sft-10-extra") and not re.fullmatch(model_ids.MODEL_ID, "seed1-base")
+    assert re.fullmatch(model_ids.EDIT_ID, "seed3-edit-x") and not re.fullmatch(model_ids.EDIT_ID, "sft-3")
 
 
 def test_study_lists_runs_models_pairs_and_edits():
@@ -133,8 +142,8 @@ def test_study_lists_runs_models_pairs_and_edits():
     assert ("base", "sft-600") in study.spectrum_pairs and ("sft-200", "sft-600") in study.spectrum_pairs
     assert ("sft-100", "rl-grpo-100-s1") in study.spectrum_pairs
     assert len(set(study.spectrum_pairs)) == len(study.spectrum_pairs)
-    assert set(study.edit_inputs("dirs_top20")) == {"base", "target", "svd_base", "svd_target"}
-    assert set(study.edit_inputs("layers25")) == {"base", "target"}  # a layer reset needs no SVD
+    assert set(study.edit_inputs("edit-dirs_top20")) == {"base", "target", "svd_base", "svd_target"}
+    assert set(study.edit_inputs("edit-layers25")) == {"base", "target"}  # a layer reset needs no SVD
 
 
 @pytest.mark.parametrize("edit, words", [
@@ -160,17 +169,45 @@ def test_points_chosen_after_sft_complete_the_study():
     assert study.rl_runs == [] and study.edits == {} and study.edit_models == ["edit-dirs_top20", "edit-reverse"]
     assert ("sft-200", "sft-400") not in study.spectrum_pairs and ("base", "sft-600") in study.spectrum_pairs
     points = {"B": 100, "T": 600, "before_peak": 10, "peak": 100, "mid_decline": 400, "last": 600}
-    chosen = workflow.Study(symbolic_config(), points)
-    assert chosen.resolved and chosen.rl_from == [10, 100, 400, 600]
+    chosen = workflow.Study(symbolic_config(), {None: points})
+    assert chosen.resolved and chosen.rl_from == {None: [10, 100, 400, 600]}
     assert "grpo-10-s2" in chosen.rl_runs and "sft_continue-400-s1" in chosen.rl_runs
     assert ("sft-100", "sft-600") in chosen.spectrum_pairs and ("sft-10", "sft-100") not in chosen.spectrum_pairs
-    assert chosen.edits["dirs_top20"] | {"base": "sft-100", "target": "sft-600"} == chosen.edits["dirs_top20"]
-    assert chosen.edits["reverse"]["target"] == "rl-grpo-600-s1"
-    assert chosen.edit_inputs("dirs_top20")["base"] == "results/models/sft-100"
+    assert chosen.edits["edit-dirs_top20"] | {"base": "sft-100", "target": "sft-600"} == chosen.edits["edit-dirs_top20"]
+    assert chosen.edits["edit-reverse"]["target"] == "rl-grpo-600-s1"
+    assert chosen.edit_inputs("edit-dirs_top20")["base"] == "results/models/sft-100"
     # A point with no checkpoint in its range (here: before a peak at the first step) is left out.
-    early = workflow.Study(symbolic_config(), {**points, "B": 10, "peak": 10, "before_peak": None})
-    assert early.rl_from == [10, 400, 600]
+    early = workflow.Study(symbolic_config(), {None: {**points, "B": 10, "peak": 10, "before_peak": None}})
+    assert early.rl_from == {None: [10, 400, 600]}
     assert not workflow.Study(explicit_config()).needs_points
+
+
+def test_several_sft_seeds_each_get_their_models_runs_pairs_and_edits():
+    """With sft.seed a list, every model after the base carries its SFT seed; each seed's RL runs start
+    from its own checkpoints at its own chosen points, and an SFT run's slice holds its seed alone."""
+    config = symbolic_config()
+    config["sft"]["seed"] = [0, 1]
+    study = workflow.Study(config)
+    assert study.sft_seeds == [0, 1] and "seed1-sft-600" in study.study_models and "sft-600" not in study.study_models
+    assert study.edit_models == ["seed0-edit-dirs_top20", "seed0-edit-reverse", "seed1-edit-dirs_top20", "seed1-edit-reverse"]
+    assert study.sft_slice(1)["sft"]["seed"] == 1 and study.sft_slice(0) != study.sft_slice(1)
+    assert study.points_file(1) == "results/tables/seed1-sft_points.json"
+    points = {0: {"B": 100, "T": 600, "before_peak": 10, "peak": 100, "mid_decline": 400, "last": 600},
+              1: {"B": 200, "T": 600, "before_peak": 100, "peak": 200, "mid_decline": 400, "last": 600}}
+    chosen = workflow.Study(config, points)
+    assert chosen.rl_from == {0: [10, 100, 400, 600], 1: [100, 200, 400, 600]}
+    assert "seed1-grpo-200-s2" in chosen.rl_runs and "seed0-grpo-200-s2" not in chosen.rl_runs
+    assert chosen.edits["seed1-edit-dirs_top20"]["base"] == "seed1-sft-200"
+    assert chosen.edits["seed0-edit-reverse"]["target"] == "seed0-rl-grpo-600-s1"
+    assert ("seed1-sft-200", "seed1-sft-400") in chosen.spectrum_pairs and ("base", "seed0-sft-10") in chosen.spectrum_pairs
+    assert ("seed1-sft-200", "seed1-rl-grpo-200-s1") in chosen.spectrum_pairs
+    control = chosen.rl_slice("seed1-sft_continue-200-s1")
+    assert control["sft"]["seed"] == 1 and control == chosen.rl_slice("seed1-sft_continue-200-s1")
+    # Adding a seed changes no slice of the seeds already there.
+    more = copy.deepcopy(config)
+    more["sft"]["seed"] = [0, 1, 2]
+    assert workflow.Study(more).sft_slice(1) == study.sft_slice(1)
+    assert workflow.Study(more, {**points, 2: points[1]}).rl_slice("seed1-grpo-200-s1") == chosen.rl_slice("seed1-grpo-200-s1")
 
 
 def test_unknown_points_are_named():

@@ -24,7 +24,8 @@ def save(chart: alt.TopLevelMixin, svg: str | Path, html: str | Path) -> None:
 
 
 def _sft(accuracy: pl.DataFrame) -> pl.DataFrame:
-    return accuracy.filter(pl.col("stage").is_in(["base", "sft"])).unique(["sft_step", "rule"]).sort("sft_step", "rule")
+    rows = accuracy.filter(pl.col("stage").is_in(["base", "sft"])).unique(["sft_seed", "sft_step", "rule"])
+    return rows.sort("sft_seed", "sft_step", "rule", nulls_last=False)
 
 
 def sft_accuracy(accuracy: pl.DataFrame, losses: pl.DataFrame, recovery: pl.DataFrame) -> alt.HConcatChart:
@@ -33,11 +34,13 @@ def sft_accuracy(accuracy: pl.DataFrame, losses: pl.DataFrame, recovery: pl.Data
     control on OOD shaded. Right: train and held-out losses, the best-loss and best-OOD steps marked."""
     sft = _sft(accuracy)
     x = alt.X("sft_step:Q", title="SFT step")
+    # One band and line per rule and SFT seed: every seed's curve stays visible.
     band = alt.Chart(sft).mark_area(opacity=0.15).encode(x, alt.Y("accuracy_low:Q"), alt.Y2("accuracy_high:Q"),
-                                                          alt.Color("rule:N", scale=RULE_COLORS))
+                                                          alt.Color("rule:N", scale=RULE_COLORS), alt.Detail("sft_seed:N"))
     line = alt.Chart(sft).mark_line(point=True).encode(
         x, alt.Y("accuracy:Q", title="accuracy (solved within the tries)", axis=alt.Axis(format="%")),
-        alt.Color("rule:N", scale=RULE_COLORS), tooltip=["model_id", "rule", alt.Tooltip("accuracy:Q", format=".1%")])
+        alt.Color("rule:N", scale=RULE_COLORS), alt.Detail("sft_seed:N"),
+        tooltip=["model_id", "rule", alt.Tooltip("accuracy:Q", format=".1%")])
     layers = [band, line]
     if recovery.height:
         after = recovery.with_columns(pl.when(pl.col("algo") == "sft_continue").then(pl.lit("control"))
@@ -53,11 +56,13 @@ def sft_accuracy(accuracy: pl.DataFrame, losses: pl.DataFrame, recovery: pl.Data
             layers.insert(0, alt.Chart(window).mark_rect(opacity=0.12, color="green").encode(
                 alt.X("start:Q"), alt.X2("end:Q")))
     left = alt.layer(*layers).properties(width=WIDTH, height=HEIGHT, title="Accuracy vs SFT step")
-    long = losses.unpivot(index="step", on=[c for c in ("train_loss", "id_loss", "ood_loss") if c in losses.columns],
-                          variable_name="loss", value_name="value").drop_nulls()
+    index = ["step", *(["sft_seed"] if "sft_seed" in losses.columns else [])]
+    long = losses.unpivot(index=index, on=[c for c in ("train_loss", "id_loss", "ood_loss") if c in losses.columns],
+                          variable_name="loss", value_name="value").drop_nulls("value")
     marks = best_steps(accuracy, losses)
     curves = alt.Chart(long).mark_line().encode(alt.X("step:Q", title="SFT step"), alt.Y("value:Q", title="loss",
-                                                scale=alt.Scale(zero=False)), alt.Color("loss:N"))
+                                                scale=alt.Scale(zero=False)), alt.Color("loss:N"),
+                                                *([alt.Detail("sft_seed:N")] if "sft_seed" in long.columns else []))
     rules = alt.Chart(marks).mark_rule(strokeDash=[4, 3]).encode(alt.X("step:Q"), alt.Color("mark:N"),
                                                                  tooltip=["mark", "step"])
     right = alt.layer(curves, rules).resolve_scale(color="independent").properties(
@@ -98,7 +103,8 @@ def format_errors(accuracy: pl.DataFrame) -> alt.Chart:
     """Share of first answers that are unparseable or illegal, per rule, vs SFT step."""
     return alt.Chart(_sft(accuracy)).mark_line(point=True).encode(
         alt.X("sft_step:Q", title="SFT step"), alt.Y("format_error_rate:Q", title="format errors", axis=alt.Axis(format="%")),
-        alt.Color("rule:N", scale=RULE_COLORS)).properties(width=WIDTH, height=HEIGHT, title="Format errors vs SFT step")
+        alt.Color("rule:N", scale=RULE_COLORS), alt.Detail("sft_seed:N")).properties(
+            width=WIDTH, height=HEIGHT, title="Format errors vs SFT step")
 
 
 def by_rank(spectrum_rows: pl.DataFrame, metric: str, title: str, y_title: str) -> alt.Chart:

@@ -31,10 +31,29 @@ def _ratio(test: curve.Forgetting) -> str:
     return f"{test.ood_peak / test.ood_last:.1f}x" if test.ood_last else "infinitely many times"
 
 
+def _seeds(accuracy: pl.DataFrame) -> list[int | None]:
+    """The SFT seeds of a study (None: a study of one SFT seed)."""
+    return sorted(set(accuracy.filter(pl.col("stage") == "sft")["sft_seed"].to_list()), key=lambda s: -1 if s is None else s)
+
+
+def _of_seed(table: pl.DataFrame, seed: int | None) -> pl.DataFrame:
+    return table.filter(pl.col("sft_seed").eq_missing(seed)) if "sft_seed" in table.columns else table
+
+
+def _seed_label(seed: int | None) -> str:
+    return "" if seed is None else f" (SFT seed {seed})"
+
+
 def sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame) -> list[dict]:
-    """Finding 1: OOD accuracy peaks early in SFT and then declines while ID keeps rising (the criterion of
-    rlheals.curve), and the loss does not find the peak. Undefined (reproduced None) where the curve is
-    flat: no checkpoint lies outside the best one's 95% interval, so there is no best checkpoint."""
+    """Finding 1, for every SFT seed: OOD accuracy peaks early in SFT and then declines while ID keeps
+    rising (the criterion of rlheals.curve), and the loss does not find the peak."""
+    return [row for seed in _seeds(accuracy)
+            for row in _sft_forgetting(_of_seed(accuracy, seed), _of_seed(losses, seed), _seed_label(seed))]
+
+
+def _sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, label: str) -> list[dict]:
+    """Finding 1 on one SFT run. Undefined (reproduced None) where the curve is flat: no checkpoint lies
+    outside the best one's 95% interval, so there is no best checkpoint."""
     ood, id_ = _sft(accuracy, "ood"), _sft(accuracy, "id")
     peak = curve.peak(ood.to_dicts())
     last = ood.row(-1, named=True)
@@ -47,7 +66,7 @@ def sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame) -> list[dict]:
              f"{1 + curve.MIN_RELATIVE_DROP:.1f}x); the intervals " + ("do not overlap" if test.intervals_apart else "overlap")
              + f"; ID {_pct(test.id_base)} at the base, {_pct(test.id_last)} at the end (at least "
              f"{100 * curve.MIN_ID_GAIN:.0f} points up)")
-    rows = [_row("1", "OOD accuracy peaks early in SFT, then declines while ID rises",
+    rows = [_row("1", "OOD accuracy peaks early in SFT, then declines while ID rises" + label,
                  "OOD drop from the peak to the last step (points)", 100 * test.drop,
                  f"peak {interval(peak)}, last {interval(last)} (95% Wilson)",
                  "Llama: peak 17.5% at step 140 -> 6.9% at 1100 (10.6 points)",
@@ -70,7 +89,7 @@ def sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame) -> list[dict]:
         else:
             verdict, why = None, (f"undefined: OOD at the loss's pick {interval(picked.row(0, named=True))} is within "
                                   "the best one's interval")
-        rows.append(_row("1", "Train / held-out loss does not find the best-OOD checkpoint",
+        rows.append(_row("1", "Train / held-out loss does not find the best-OOD checkpoint" + label,
                          "steps between the lowest held-out OOD loss and the best OOD accuracy",
                          abs(best_loss - peak["sft_step"]), "one run", "OOD loss lowest very early; train loss keeps falling",
                          verdict, f"lowest OOD loss at step {best_loss}, best OOD accuracy at {peak['sft_step']}, "
@@ -85,14 +104,16 @@ def rl_healing(recovery: pl.DataFrame) -> list[dict]:
     ood = recovery.filter(pl.col("rule") == "ood")
     rl_arm = ood.filter(pl.col("algo") != "sft_continue")
     control = ood.filter(pl.col("algo") == "sft_continue").select(
-        "sft_step", pl.col("acc_after").alias("c_after"), pl.col("acc_after_se").alias("c_se"),
+        "sft_seed", "sft_step", pl.col("acc_after").alias("c_after"), pl.col("acc_after_se").alias("c_se"),
         pl.col("n_seeds").alias("c_seeds"))
     if not rl_arm.height:
         return [_row("2", "RL after SFT restores OOD accuracy", "RL runs", None, "", "", None, "no RL runs configured")]
-    joined = rl_arm.join(control, on="sft_step", how="left").sort("sft_step", "algo")
+    joined = rl_arm.join(control, on=["sft_seed", "sft_step"], how="left", nulls_equal=True).sort(
+        "sft_seed", "sft_step", "algo", nulls_last=False)
     rows = []
     for r in joined.iter_rows(named=True):
-        claim = f"RL ({r['algo']}) from SFT step {r['sft_step']} restores OOD accuracy beyond the control"
+        claim = (f"RL ({r['algo']}) from SFT step {r['sft_step']}{_seed_label(r['sft_seed'])} restores OOD accuracy "
+                 "beyond the control")
         before = f"before {_pct(r['acc_before'])}, after RL {_pct(r['acc_after'])}"
         if r["c_after"] is None:
             rows.append(_row("2", claim, "OOD after RL minus after continued SFT (points)", None, "", PAPER_HEALING,

@@ -8,7 +8,9 @@
                                           intermediate checkpoint, none: the run's last update
     edit-{name}                           a restoration edit
 
-An RL run id is the model id without its `rl-` prefix and update: {algo}-{step}[-s{seed}].
+A study with several SFT seeds (`sft.seed: [0, 1, 2]`) writes the SFT seed before every id that follows
+from its SFT run: seed1-sft-200, seed1-rl-grpo-200-s2, seed1-edit-dirs_top20 (the base model is shared).
+An RL run id is the model id without its `rl-` prefix and update: [seed{n}-]{algo}-{step}[-s{seed}].
 
 In the config a step may be written as a point the workflow chooses from the SFT curve (rlheals.curve):
 `sft-B` (the best-OOD checkpoint), `sft-T` (the last), `rl-grpo-T-s1`; `resolve` writes the step in."""
@@ -18,46 +20,72 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-RL_RUN = r"[a-z_]+-\d+(?:-s\d+)?"
+SFT_SEED = r"(?:seed\d+-)?"  # the SFT seed, written when the study runs several
+RL_RUN = rf"{SFT_SEED}[a-z_]+-\d+(?:-s\d+)?"
 EDIT = r"[A-Za-z0-9_]+"
 CONTROL = "sft_continue"  # the algo name of the continued-SFT control arm
-# Wildcard constraints: the regexes snakemake matches model ids and RL run ids with.
-MODEL_ID = rf"base|sft-\d+|rl-{RL_RUN}(?:-u\d+)?|edit-{EDIT}"
+# Wildcard constraints: the regexes snakemake matches model ids, RL run ids and edit ids with.
+EDIT_ID = rf"{SFT_SEED}edit-{EDIT}"
+MODEL_ID = rf"base|{SFT_SEED}(?:sft-\d+|rl-[a-z_]+-\d+(?:-s\d+)?(?:-u\d+)?|edit-{EDIT})"
 
 _PARTS = re.compile(
-    r"(?P<base>base)|sft-(?P<sft_step>\d+)"
+    r"(?P<base>base)|(?:seed(?P<sft_seed>\d+)-)?(?:sft-(?P<sft_step>\d+)"
     r"|rl-(?P<algo>[a-z_]+)-(?P<rl_from>\d+)(?:-s(?P<seed>\d+))?(?:-u(?P<update>\d+))?"
-    rf"|edit-(?P<edit>{EDIT})"
+    rf"|edit-(?P<edit>{EDIT}))"
 )
+_SEED_PREFIX = re.compile(r"(?:seed(\d+)-)?(.*)")
 
 
 class RLRun(NamedTuple):
     algo: str
     step: int
     seed: int
+    sft_seed: int | None = None
 
 
-def sft(step: int) -> str:
-    return f"sft-{step}"
+def prefix(sft_seed: int | None) -> str:
+    """What the ids of one SFT seed's models begin with: nothing in a study of one SFT seed (None)."""
+    return "" if sft_seed is None else f"seed{sft_seed}-"
 
 
-def rl_run(algo: str, step: int, seed: int, seeded: bool) -> str:
+def split_seed(model_id: str) -> tuple[int | None, str]:
+    """'seed1-sft-200' -> (1, 'sft-200'); 'sft-200' -> (None, 'sft-200')."""
+    seed, rest = _SEED_PREFIX.fullmatch(model_id).groups()
+    return (None if seed is None else int(seed)), rest
+
+
+def sft(step: int, sft_seed: int | None = None) -> str:
+    return f"{prefix(sft_seed)}sft-{step}"
+
+
+def edit(name: str, sft_seed: int | None = None) -> str:
+    return f"{prefix(sft_seed)}edit-{name}"
+
+
+def rl_run(algo: str, step: int, seed: int, seeded: bool, sft_seed: int | None = None) -> str:
     """The id of an RL run; the seed is written only when the study runs several (`seeded`)."""
-    return f"{algo}-{step}" + (f"-s{seed}" if seeded else "")
+    return f"{prefix(sft_seed)}{algo}-{step}" + (f"-s{seed}" if seeded else "")
 
 
 def rl(run: str, update: int | None = None) -> str:
     """The model id of an RL run's last update, or of its checkpoint at `update`."""
-    return f"rl-{run}" + (f"-u{update}" if update is not None else "")
+    sft_seed, rest = split_seed(run)
+    return f"{prefix(sft_seed)}rl-{rest}" + (f"-u{update}" if update is not None else "")
 
 
 def parse_rl_run(run: str) -> RLRun:
-    """'grpo-100-s2' -> RLRun('grpo', 100, 2); the seed is 1 when the id carries none."""
-    m = re.fullmatch(r"([a-z_]+)-(\d+)(?:-s(\d+))?", run)
+    """'grpo-100-s2' -> RLRun('grpo', 100, 2, None); the seed is 1 when the id carries none."""
+    m = re.fullmatch(r"(?:seed(\d+)-)?([a-z_]+)-(\d+)(?:-s(\d+))?", run)
     if m is None:
-        raise ValueError(f"not an RL run id ({{algo}}-{{step}}[-s{{seed}}]): {run!r}")
-    algo, step, seed = m.groups()
-    return RLRun(algo, int(step), int(seed or 1))
+        raise ValueError(f"not an RL run id ([seed{{n}}-]{{algo}}-{{step}}[-s{{seed}}]): {run!r}")
+    sft_seed, algo, step, seed = m.groups()
+    return RLRun(algo, int(step), int(seed or 1), None if sft_seed is None else int(sft_seed))
+
+
+def rl_start(run: str) -> str:
+    """The SFT checkpoint an RL run starts from."""
+    parsed = parse_rl_run(run)
+    return sft(parsed.step, parsed.sft_seed)
 
 
 SYMBOLIC = re.compile(r"(?<=-)(B|T)(?=-|$)")  # a chosen point in place of a step: sft-B, rl-ppo-T-s2
@@ -74,7 +102,7 @@ def resolve(model_id: str, points: dict[str, int]) -> str:
 
 def sft_step(model_id: str) -> int:
     """The step of an SFT checkpoint's id (or of its directory's path)."""
-    m = re.fullmatch(r"sft-(\d+)", model_id.rstrip("/").rsplit("/", 1)[-1])
+    m = re.fullmatch(r"(?:seed\d+-)?sft-(\d+)", model_id.rstrip("/").rsplit("/", 1)[-1])
     if m is None:
         raise ValueError(f"not an SFT model id (sft-{{step}}): {model_id!r}")
     return int(m.group(1))
@@ -90,16 +118,18 @@ def rl_update(model_id: str) -> int:
 
 def parse(model_id: str) -> dict:
     """A model id -> its fields: stage (base | sft | rl | edit), algo (an RL algo, or the edit's name),
-    sft_step, rl_update, seed."""
+    sft_seed (None in a study of one SFT seed), sft_step, rl_update, seed (the RL seed)."""
     m = _PARTS.fullmatch(model_id)
     if m is None:
         raise ValueError(f"not a model id: {model_id!r}")
     g = m.groupdict()
+    sft_seed = int(g["sft_seed"]) if g["sft_seed"] else None
     if g["base"]:
-        return {"stage": "base", "algo": None, "sft_step": 0, "rl_update": None, "seed": None}
+        return {"stage": "base", "algo": None, "sft_seed": None, "sft_step": 0, "rl_update": None, "seed": None}
     if g["sft_step"]:
-        return {"stage": "sft", "algo": None, "sft_step": int(g["sft_step"]), "rl_update": None, "seed": None}
+        return {"stage": "sft", "algo": None, "sft_seed": sft_seed, "sft_step": int(g["sft_step"]), "rl_update": None,
+                "seed": None}
     if g["algo"]:
-        return {"stage": "rl", "algo": g["algo"], "sft_step": int(g["rl_from"]),
+        return {"stage": "rl", "algo": g["algo"], "sft_seed": sft_seed, "sft_step": int(g["rl_from"]),
                 "rl_update": int(g["update"]) if g["update"] else None, "seed": int(g["seed"]) if g["seed"] else None}
-    return {"stage": "edit", "algo": g["edit"], "sft_step": None, "rl_update": None, "seed": None}
+    return {"stage": "edit", "algo": g["edit"], "sft_seed": sft_seed, "sft_step": None, "rl_update": None, "seed": None}

@@ -1,7 +1,8 @@
 """The tiny model's pretraining: a synthetic corpus that gives it general arithmetic and rule-following
 before SFT, like a real base LLM, and a plain training loop (nanoGPT-style).
 
-Corpus (never a card puzzle with the study's target; never a test hand's value multiset for that target):
+Corpus (never a card puzzle for the study's target under the study's own rules; never a test hand's or a
+reserved value multiset with that target):
   - numeric puzzles for the target: `numbers 3 8 target 24 =>` and steps reaching it; by default of 2 or 3
     numbers only, so the base model has the pieces of the skill but has never solved a 4-number hand for
     the target: that is what SFT teaches (with 4-number ones the base model is already good at the task
@@ -9,7 +10,10 @@ Corpus (never a card puzzle with the study's target; never a test hand's value m
   - numeric puzzles for other targets;
   - card puzzles for other targets under random face-card rules (`rule J 5 Q 7 K 2 cards cJ c3 ...`),
     answered in the study's answer format: the card values the written rule gives, restated, then steps
-    (`compact`), or the steps alone (`steps`).
+    (`compact`), or the steps alone (`steps`);
+  - optionally (`cards_target`), card puzzles for the target under random rules that are never the
+    study's own, with no test or reserved value multiset: the base model then knows the game under a
+    written rule, as the papers' base models do, and SFT teaches the study's rule and answer format.
 Most documents are raw text; a share (`chat_share`) is wrapped in the chat template, so the base model
 has seen the chat format but not mastered it."""
 
@@ -23,7 +27,7 @@ from fractions import Fraction
 from rlheals import cards, formula, verify
 
 NUMBER_RANGE = range(-400, 401)
-KINDS = ("numbers_target", "numbers_other", "cards_other")
+KINDS = ("numbers_target", "numbers_other", "cards_other", "cards_target")
 DEFAULT_SIZES = {"two": 0.3, "three": 0.7, "four": 0.0}  # numbers_target puzzles of 2, 3 and 4 numbers
 SUB_PUZZLE_MAX = 40
 
@@ -77,26 +81,45 @@ def _random_solution(rng: random.Random, values: list[int]) -> tuple[str, Fracti
 
 
 def make_corpus(n: int, target: int, banned: set[tuple], mix: Mapping[str, float], seed: int,
-                sizes: Mapping[str, float] = DEFAULT_SIZES, restate: bool = True) -> list[dict]:
+                sizes: Mapping[str, float] = DEFAULT_SIZES, restate: bool = True,
+                study_rules: Iterable[tuple[int, int, int]] = ()) -> list[dict]:
     """`n` documents as {kind, target, prompt, answer}. `banned`: 4-value multisets never used with
     `target`. `sizes`: shares of 2-, 3- and 4-number puzzles among the `numbers_target` documents.
-    `restate`: answers begin by restating the numbers, as the study's answer format does or not."""
+    `restate`: answers begin by restating the numbers, as the study's answer format does or not.
+    `study_rules`: the face values of the study's own rules, never used by a `cards_target` document."""
     rng = random.Random(seed)
     target_multisets = [m for m in cards.ALL_VALUE_MULTISETS if cards.can_reach(m, target) and m not in banned]
-    kinds, weights = zip(*((k, mix[k]) for k in KINDS))
+    kinds, weights = zip(*((k, mix.get(k, 0.0)) for k in KINDS))
+    context = {"target_multisets": target_multisets, "sizes": sizes, "restate": restate, "banned": banned,
+               "study_rules": frozenset(map(tuple, study_rules))}
     docs = []
     while len(docs) < n:
         kind = rng.choices(kinds, weights)[0]
         doc = None
         while doc is None:  # redraw within the kind, so the mix weights are the corpus shares
-            doc = _make_doc(rng, kind, target, target_multisets, sizes, restate)
+            doc = _make_doc(rng, kind, target, context)
         docs.append(doc)
     return docs
 
 
-def _make_doc(rng: random.Random, kind: str, target: int, target_multisets: list, sizes: Mapping,
-              restate: bool) -> dict | None:
+def _make_doc(rng: random.Random, kind: str, target: int, context: Mapping) -> dict | None:
     """One document of a kind, or None when the random draw does not make a valid one."""
+    target_multisets, sizes, restate = context["target_multisets"], context["sizes"], context["restate"]
+    if kind == "cards_target":
+        # A hand for the target under a random written rule: never the study's rules, never a banned
+        # (test or reserved) value multiset.
+        rule = cards.Rule("random", tuple(rng.randint(1, 13) for _ in range(3)), rng.choice(cards.HAND_KINDS))
+        if rule.face_values in context["study_rules"]:
+            return None
+        ranks, _ = rule.draw(rng)
+        values = rule.values(ranks)
+        if cards.value_key(values) in context["banned"]:
+            return None
+        plain = [s for s in cards.solve(values, target) if cards.is_plain(s)]
+        if not plain:
+            return None
+        return {"kind": kind, "target": target, "prompt": cards.compact_prompt(ranks, rule, target),
+                "answer": cards.steps_answer(values, rng.choice(plain), restate)}
     if kind == "numbers_target":
         # Sub-puzzles of 2 or 3 numbers teach which small sets reach the target: the skill a greedy
         # step-by-step solver needs to pick a good first step on a hand it has never seen.
@@ -188,6 +211,20 @@ def _pad_batch(seqs: list[list[int]], pad_id: int):
 
 
 def doc_key(doc: dict) -> tuple:
-    """The value multiset a `numbers ... target ...` document uses."""
+    """The value multiset a document's puzzle uses: its numbers, or its cards under its written rule."""
     words = doc["prompt"].split()
+    if words[0] == "rule":
+        return cards.value_key(card_values(doc))
     return cards.value_key(int(w) for w in words[1 : words.index("target")])
+
+
+def card_values(doc: dict) -> list[int]:
+    """The values of a card document's cards under the rule its prompt writes (`rule J 5 Q 7 K 2 cards ...`)."""
+    words = doc["prompt"].split()
+    rule = cards.Rule("written", written_rule(doc), "uniform")
+    return rule.values(w[1:] for w in words[words.index("cards") + 1 : words.index("target")])
+
+
+def written_rule(doc: dict) -> tuple[int, int, int]:
+    words = doc["prompt"].split()
+    return tuple(map(int, words[2:7:2]))

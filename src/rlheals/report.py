@@ -15,6 +15,7 @@ from types import MappingProxyType
 # A figure input that is not one file but a list of files the workflow computes from the config:
 # the spectrum of base -> the last SFT step, and of every RL pair (rules/report.smk).
 SPECTRUM_PAIR_FILES = "spectrum_pair_files"
+SFT_LOG_FILES = "sft_log_files"  # every SFT seed's loss log
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ SFT_AND_RL, SPECTRUM, RESTORATION = "1. SFT and RL", "2. Spectrum", "3. Restorat
 FIGURES: tuple[Figure, ...] = (
     Figure(
         "sft_accuracy",
-        {"accuracy": "results/tables/accuracy.parquet", "losses": "results/tables/sft_log.parquet",
+        {"accuracy": "results/tables/accuracy.parquet", "losses": SFT_LOG_FILES,
          "rl_recovery": "results/tables/rl_recovery.parquet"},
         caption="sft_accuracy.rst", category=SFT_AND_RL, builder="sft_accuracy",
     ),

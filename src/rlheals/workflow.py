@@ -21,7 +21,6 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 SPLITS = ["sft_train", "rl_train", "id_test", "ood_test"]
 TEST_SPLITS = ["id_test", "ood_test"]
 DEEPSPEED_DIR = "config/deepspeed"
-POINTS_FILE = "results/tables/sft_points.json"  # B, T and the RL starting points, chosen after SFT
 
 
 def canonical(obj) -> str:
@@ -86,68 +85,99 @@ def code_hash(script: str | Path, package_dir: Path = PACKAGE_DIR) -> str:
 # --- What one RL run depends on -------------------------------------------------------------------------
 
 class Study:
-    """The study a config describes: its SFT steps, RL runs, models, spectrum pairs and edits, and the
-    config slice of each rule. A model id the config names must be one the study makes.
+    """The study a config describes: its SFT seeds, steps, RL runs, models, spectrum pairs and edits, and
+    the config slice of each rule. A model id the config names must be one the study makes.
+
+    SFT seeds: `sft.seed` is one seed, or a list of them; with several, every model that follows from an
+    SFT run carries its seed (model_ids: seed1-sft-200), and each seed's runs, pairs and edits are its own.
 
     A config may name steps by the points the workflow chooses from the SFT curve (`rl.from_steps:
     [peak, last]`, `spectrum.best_ood_step: B`, `sft-B` in an edit): then `needs_points`, and the lists
-    that depend on them are complete only once the chosen `points` (rlheals.curve.choose_points) are given."""
+    that depend on them are complete only once the chosen `points` (rlheals.curve.choose_points, one set
+    per SFT seed) are given."""
 
-    def __init__(self, config: Mapping, points: Mapping[str, int | None] | None = None):
+    def __init__(self, config: Mapping, points: Mapping[int | None, Mapping[str, int | None]] | None = None):
         self.config = config
         self.sft_steps = sorted(config["sft"]["save_steps"])
+        seed = config["sft"]["seed"]
+        self.sft_seeds: list[int | None] = sorted(seed) if isinstance(seed, list) else [None]
         rl = config["rl"]
-        symbols = [v for v in ([] if rl["from_steps"] == "all" else rl["from_steps"]) if isinstance(v, str)]
-        if unknown := sorted(set(symbols) - set(curve.START_POINTS)):
+        self.symbols = [v for v in ([] if rl["from_steps"] == "all" else rl["from_steps"]) if isinstance(v, str)]
+        if unknown := sorted(set(self.symbols) - set(curve.START_POINTS)):
             raise ValueError(f"config key rl.from_steps: {unknown} are not steps nor points ({', '.join(curve.START_POINTS)})")
         self.edit_specs = self._edit_specs()
-        self.needs_points = bool(symbols) or self.config["spectrum"]["best_ood_step"] == "B" or any(
+        self.needs_points = bool(self.symbols) or self.config["spectrum"]["best_ood_step"] == "B" or any(
             model_ids.is_symbolic(spec[k]) for spec in self.edit_specs.values() for k in ("base", "target"))
         self.points = dict(points) if points is not None else None
         self.resolved = self.points is not None or not self.needs_points
-        if rl["from_steps"] == "all":
-            self.rl_from = self.sft_steps
-        else:
-            chosen = [self.points.get(v) if self.points else None for v in symbols]
-            self.rl_from = sorted({v for v in rl["from_steps"] if isinstance(v, int)} | {v for v in chosen if v is not None})
         self.rl_algos = [*rl["algos"], *([model_ids.CONTROL] if rl["control"] else [])]
         self.rl_seeds = list(range(1, rl["seeds"] + 1))
         self.rl_save_updates = sorted(rl["save_updates"])
+        self.rl_from = {s: self._rl_from(s) for s in self.sft_seeds}
         seeded = len(self.rl_seeds) > 1
-        self.rl_runs = [model_ids.rl_run(a, step, seed, seeded)
-                        for a in self.rl_algos for step in self.rl_from for seed in self.rl_seeds]
+        self.rl_runs = [model_ids.rl_run(a, step, seed, seeded, s) for s in self.sft_seeds
+                        for a in self.rl_algos for step in self.rl_from[s] for seed in self.rl_seeds]
         self.rl_models = [model_ids.rl(run) for run in self.rl_runs] + [
             model_ids.rl(run, u) for run in self.rl_runs for u in self.rl_save_updates]
-        self.study_models = ["base", *map(model_ids.sft, self.sft_steps), *self.rl_models]
-        self.spectrum_pairs = self._spectrum_pairs()
-        self.edits = self._edits()
-        self.edit_models = [f"edit-{name}" for name in self.edit_specs]
+        self.sft_models = {s: [model_ids.sft(step, s) for step in self.sft_steps] for s in self.sft_seeds}
+        self.study_models = ["base", *[m for s in self.sft_seeds for m in self.sft_models[s]], *self.rl_models]
+        self.spectrum_pairs = [pair for s in self.sft_seeds for pair in self._spectrum_pairs(s)]
+        self.edits = {model_ids.edit(name, s): spec for s in self.sft_seeds for name, spec in self._edits(s).items()}
+        self.edit_models = [model_ids.edit(name, s) for s in self.sft_seeds for name in self.edit_specs]
         self.eval_models = [*self.study_models, *self.edit_models]
-        self.last_sft = model_ids.sft(self.sft_steps[-1])
+        self.last_sfts = [model_ids.sft(self.sft_steps[-1], s) for s in self.sft_seeds]
+        self.last_sft = self.last_sfts[0]
 
-    def resolve(self, model_id: str) -> str:
-        """A model id with a chosen point (sft-B) written as its step."""
-        return model_ids.resolve(model_id, self.points) if self.points else model_id
+    # --- Per SFT seed: its files, its chosen points and what follows from them ---
+
+    @staticmethod
+    def points_file(sft_seed: int | None) -> str:
+        return f"results/tables/{model_ids.prefix(sft_seed)}sft_points.json"
+
+    @staticmethod
+    def sft_log(sft_seed: int | None) -> str:
+        return f"results/tables/{model_ids.prefix(sft_seed)}sft_log.parquet"
+
+    def _point(self, sft_seed: int | None, name: str) -> int | None:
+        return self.points[sft_seed].get(name) if self.points else None
+
+    def _rl_from(self, sft_seed: int | None) -> list[int]:
+        from_steps = self.config["rl"]["from_steps"]
+        if from_steps == "all":
+            return self.sft_steps
+        chosen = {self._point(sft_seed, v) for v in self.symbols} - {None}
+        return sorted({v for v in from_steps if isinstance(v, int)} | chosen)
+
+    def resolve(self, model_id: str, sft_seed: int | None) -> str | None:
+        """A model id of the config (sft-B, rl-grpo-T-s1, sft-200) as the id of one SFT seed's model, the
+        chosen point written as its step; None while the point is not chosen yet."""
+        if model_ids.is_symbolic(model_id) and not self.points:
+            return None
+        return resolve_model(model_id, sft_seed, self.points[sft_seed] if self.points else {})
 
     def known_model(self, model_id: str, key: str) -> str:
         if model_id not in self.study_models:
             raise ValueError(f"config key {key}: {model_id!r} is not a model of this study (one of {self.study_models})")
         return model_id
 
-    def _spectrum_pairs(self) -> list[tuple[str, str]]:
+    def _spectrum_pairs(self, sft_seed: int | None) -> list[tuple[str, str]]:
         spectrum, pairs = self.config["spectrum"], []
+        sft = lambda step: model_ids.sft(step, sft_seed)  # noqa: E731
         if spectrum["base_vs_sft"]:
-            pairs += [("base", model_ids.sft(s)) for s in self.sft_steps if s > 0]
+            pairs += [("base", sft(s)) for s in self.sft_steps if s > 0]
         best = spectrum["best_ood_step"]
         if best == "B":
-            best = self.points["B"] if self.points else None
+            best = self._point(sft_seed, "B")
         if best is not None:
-            self.known_model(model_ids.sft(best), "spectrum.best_ood_step")
-            pairs += [(model_ids.sft(best), model_ids.sft(s)) for s in self.sft_steps if s > best]
+            self.known_model(sft(best), "spectrum.best_ood_step")
+            pairs += [(sft(best), sft(s)) for s in self.sft_steps if s > best]
         if spectrum["sft_vs_rl"]:
-            pairs += [(model_ids.sft(model_ids.parse_rl_run(run).step), model_ids.rl(run)) for run in self.rl_runs]
+            pairs += [(model_ids.rl_start(run), model_ids.rl(run)) for run in self.rl_runs
+                      if model_ids.parse_rl_run(run).sft_seed == sft_seed]
         for i, (a, b) in enumerate(spectrum["pairs"]):
-            pairs.append((self.known_model(a, f"spectrum.pairs.{i}"), self.known_model(b, f"spectrum.pairs.{i}")))
+            a, b = self.resolve(a, sft_seed), self.resolve(b, sft_seed)
+            if a is not None and b is not None:
+                pairs.append((self.known_model(a, f"spectrum.pairs.{i}"), self.known_model(b, f"spectrum.pairs.{i}")))
         return list(dict.fromkeys(pairs))
 
     def _edit_specs(self) -> dict[str, dict]:
@@ -161,21 +191,22 @@ class Study:
                     f"config key restore.edits.{name}.layers: kind 'layers' needs layers (a share) or layer_range")
         return edits
 
-    def _edits(self) -> dict[str, dict]:
-        """The edits with their models' steps written in; until the points are chosen, only those that
-        name no point."""
+    def _edits(self, sft_seed: int | None) -> dict[str, dict]:
+        """One SFT seed's edits, by name, with their models' ids written in; until the points are chosen,
+        only those that name no point."""
         edits = {}
         for name, spec in self.edit_specs.items():
-            if not self.points and any(model_ids.is_symbolic(spec[k]) for k in ("base", "target")):
+            base, target = self.resolve(spec["base"], sft_seed), self.resolve(spec["target"], sft_seed)
+            if base is None or target is None:
                 continue
-            edits[name] = {**spec, "base": self.resolve(spec["base"]), "target": self.resolve(spec["target"])}
-            self.known_model(edits[name]["base"], f"restore.edits.{name}.base")
-            self.known_model(edits[name]["target"], f"restore.edits.{name}.target")
+            self.known_model(base, f"restore.edits.{name}.base")
+            self.known_model(target, f"restore.edits.{name}.target")
+            edits[name] = {**spec, "base": base, "target": target}
         return edits
 
-    def edit_inputs(self, edit: str) -> dict[str, str]:
+    def edit_inputs(self, edit_id: str) -> dict[str, str]:
         """The two models of an edit, and their SVDs when the edit needs them."""
-        spec = self.edits[edit]
+        spec = self.edits[edit_id]
         inputs = {"base": f"results/models/{spec['base']}", "target": f"results/models/{spec['target']}"}
         if spec["kind"] != "layers":
             inputs["svd_base"] = f"results/svd/{spec['base']}.safetensors"
@@ -207,8 +238,13 @@ class Study:
         return {"game": c["game"], "prompt": c["prompt"], "verify": c["verify"], "tiny": c["model"]["tiny"],
                 "pretrain": c["pretrain"]}
 
-    def sft_slice(self) -> dict:
-        return {"game": self.config["game"], "prompt": self.config["prompt"], "sft": self.config["sft"]}
+    def sft_seed_value(self, sft_seed: int | None) -> int:
+        return self.config["sft"]["seed"] if sft_seed is None else sft_seed
+
+    def sft_slice(self, sft_seed: int | None = None) -> dict:
+        """What one SFT run depends on: its own seed, never the list of the others."""
+        sft = {**self.config["sft"], "seed": self.sft_seed_value(sft_seed)}
+        return {"game": self.config["game"], "prompt": self.config["prompt"], "sft": sft}
 
     def eval_slice(self) -> dict:
         c = self.config
@@ -217,7 +253,7 @@ class Study:
     def rl_slice(self, run: str) -> dict:
         """What one RL run depends on: its algo's settings only (the run list keys are not among them)."""
         c = self.config
-        algo, _, seed = model_ids.parse_rl_run(run)
+        algo, _, seed, sft_seed = model_ids.parse_rl_run(run)
         skip = settings.RUN_LIST_KEYS | settings.UNUSED_RL_KEYS[algo]
         out = {
             "game": c["game"],
@@ -230,6 +266,7 @@ class Study:
         }
         if algo == model_ids.CONTROL:
             out["sft"] = {k: v for k, v in c["sft"].items() if k not in settings.UNUSED_SFT_KEYS_OF_CONTROL}
+            out["sft"]["seed"] = self.sft_seed_value(sft_seed)
         return out
 
     # --- DeepSpeed files: rule inputs, so editing one reruns the jobs that train with it ---
@@ -240,6 +277,18 @@ class Study:
     def rl_deepspeed(self, run: str) -> list[str]:
         algo = model_ids.parse_rl_run(run).algo
         return _deepspeed_file(self.config["sft" if algo == model_ids.CONTROL else "rl"]["deepspeed"])
+
+
+def resolve_model(model_id: str, sft_seed: int | None, points: Mapping[str, int | None]) -> str:
+    """A model id as the config writes it (sft-B, rl-grpo-T-s1, sft-200, base) as the id of one SFT seed's
+    model, with the points chosen for that seed."""
+    model_id = model_ids.resolve(model_id, points)
+    return model_id if model_id == "base" else model_ids.prefix(sft_seed) + model_id
+
+
+def resolve_edit(spec: Mapping, sft_seed: int | None, points: Mapping[str, int | None]) -> dict:
+    """An edit of the config with the ids of one SFT seed's models."""
+    return {**spec, **{k: resolve_model(spec[k], sft_seed, points) for k in ("base", "target")}}
 
 
 def _deepspeed_file(name: str | None) -> list[str]:
