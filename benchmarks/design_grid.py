@@ -62,6 +62,8 @@ ARMS = {
     "C-reserved": (_with(C, data__holdout_share=0.25), None),
     "C-slow": (_with(C, sft__lr=1.0e-4, sft__max_steps=600), "C"),
     "C-no-four": (_with(C, pretrain__target_puzzle_sizes={"two": 0.3, "three": 0.7, "four": 0.0}), None),
+    # Round 3: a longer pretraining (twice the steps, on twice the corpus)
+    "C-compact-long": (_with(C, prompt__format="compact", pretrain__steps=1600, pretrain__corpus_size=80000), None),
 }
 
 
@@ -132,7 +134,8 @@ def report(run_dir: Path) -> None:
     table.write_csv(run_dir / "grid.csv")
     wide = table.with_columns(pl.format("{}%", (100 * pl.col("accuracy")).round(1)).alias("acc")).pivot(
         on="sft_step", index=["arm", "seed", "rule"], values="acc", sort_columns=True)
-    with pl.Config(tbl_rows=200, tbl_cols=20, tbl_width_chars=200, fmt_str_lengths=12, tbl_hide_dataframe_shape=True):
+    with pl.Config(tbl_rows=200, tbl_cols=20, tbl_width_chars=400, fmt_str_lengths=40, tbl_hide_dataframe_shape=True,
+                   tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True):
         print(f"accuracy at each SFT step ({EPISODES} hands per rule, 5 tries)")
         print(wide)
         crit = criterion(table)

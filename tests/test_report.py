@@ -221,3 +221,21 @@ def test_restoration_findings_give_every_edit_an_interval_or_say_it_is_undefined
     assert close["uncertainty"] == "undefined: B and T are not apart beyond their 95% intervals"
     other, = findings.restoration_findings(table(0.12, edit="dirs_tail", top=0.0))  # not one of the papers' claims
     assert other["paper"] == "no claim in the papers" and other["reproduced"] is None and other["value"] is not None
+
+
+def test_the_results_page_is_written_from_the_tables(finished_study, tmp_path):
+    """docs/results/record.py turns a finished study's tables into a page: the SFT curve, RL against the
+    control, the restoration edits and every finding, with the recorded wall time."""
+    results = finished_study.path / "results"
+    (results / "run_time.json").write_text('{"seconds": 754, "cores": 2, "arguments": [], "finished": "today"}')
+    out = subprocess.run([sys.executable, str(ROOT / "docs" / "results" / "record.py"), "smoke-test", "--results",
+                          str(results), "--config", "config/smoke.yaml", "--out", str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    text = (tmp_path / "smoke-test.md").read_text()
+    assert "wrote" in out.stdout and "12.6 minutes on 2 cores" in text
+    findings = pl.read_parquet(results / "tables" / "findings.parquet")
+    assert text.count("\n| ") >= findings.height + 4 + 6  # a row per finding, per SFT step, per RL run
+    for claim in findings["claim"]:
+        assert claim in text
+    for heading in ("## SFT: accuracy", "## RL and the continued-SFT control", "## Restoration edits", "## Findings"):
+        assert heading in text

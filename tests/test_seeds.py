@@ -8,12 +8,13 @@ import re
 import polars as pl
 import pytest
 
-from conftest import FIGURES, Workflow
+from conftest import FIGURES
 
 SEEDED = """\
 sft:
   seed: [0, 1]
 rl:
+  algos: [grpo]
   from_steps: [peak, last]
 spectrum:
   best_ood_step: B
@@ -30,8 +31,10 @@ GATHERING = {"accuracy_table", "rl_log_table", "spectrum_table", "restoration_ta
 
 
 @pytest.fixture(scope="module")
-def seeded_study(tmp_path_factory, session_environment):
-    study = Workflow(tmp_path_factory.mktemp("seeded-study"))
+def seeded_study(copy_of_smoke_study, session_environment):
+    """The smoke study run again with two SFT seeds and chosen points: its data and base model are kept
+    (their config slices are the same), everything from SFT on runs for each seed."""
+    study = copy_of_smoke_study()
     study.write_config("seeded.yaml", SEEDED)
     study.run(configfile=CONFIGS, env=session_environment)
     return study
@@ -45,10 +48,10 @@ def test_every_stage_runs_for_every_seed(seeded_study):
         points = json.loads((out / "tables" / f"seed{seed}-sft_points.json").read_text())
         b, t = points["B"], points["T"]
         assert (out / "tables" / f"seed{seed}-sft_log.parquet").exists()
-        for model in (f"seed{seed}-sft-{b}", f"seed{seed}-rl-grpo-{t}", f"seed{seed}-rl-ppo-{b}",
-                      f"seed{seed}-rl-sft_continue-{t}", f"seed{seed}-edit-dirs_top50", f"seed{seed}-edit-reverse"):
+        for model in (f"seed{seed}-sft-{b}", f"rl-seed{seed}-grpo-{t}", f"rl-seed{seed}-grpo-{b}",
+                      f"rl-seed{seed}-sft_continue-{t}", f"seed{seed}-edit-dirs_top50", f"seed{seed}-edit-reverse"):
             assert (out / "eval" / f"{model}.parquet").exists(), model
-        assert (out / "spectrum" / f"seed{seed}-sft-{b}__seed{seed}-rl-grpo-{b}.parquet").exists()
+        assert (out / "spectrum" / f"seed{seed}-sft-{b}__rl-seed{seed}-grpo-{b}.parquet").exists()
         assert (out / "svd" / f"seed{seed}-sft-{t}.safetensors").exists()
     restoration = pl.read_parquet(out / "tables" / "restoration.parquet")
     assert restoration.group_by("sft_seed").len().sort("sft_seed")["len"].to_list() == [6, 6]  # 3 edits x 2 rules

@@ -99,9 +99,9 @@ def test_model_ids_round_trip():
     assert model_ids.parse("edit-dirs_top20") == {"stage": "edit", "algo": "dirs_top20", "sft_seed": None,
                                                   "sft_step": None, "rl_update": None, "seed": None}
     # Several SFT seeds: the seed comes first in every id that follows from an SFT run.
-    assert model_ids.parse("seed2-rl-ppo-50-s3-u10") == {"stage": "rl", "algo": "ppo", "sft_seed": 2, "sft_step": 50,
+    assert model_ids.parse("rl-seed2-ppo-50-s3-u10") == {"stage": "rl", "algo": "ppo", "sft_seed": 2, "sft_step": 50,
                                                          "rl_update": 10, "seed": 3}
-    assert model_ids.rl(model_ids.rl_run("grpo", 50, 1, True, sft_seed=2)) == "seed2-rl-grpo-50-s1"
+    assert model_ids.rl(model_ids.rl_run("grpo", 50, 1, True, sft_seed=2)) == "rl-seed2-grpo-50-s1"
     assert model_ids.rl_start("seed2-grpo-50-s1") == "seed2-sft-50" and model_ids.rl_start("grpo-50") == "sft-50"
     assert model_ids.edit("dirs", 1) == "seed1-edit-dirs" and model_ids.parse("seed1-edit-dirs")["sft_seed"] == 1
     assert model_ids.split_seed("seed10-sft-5") == (10, "sft-5") and model_ids.sft_step("results/models/seed1-sft-40") == 40
@@ -122,7 +122,7 @@ def test_the_wildcard_regex_and_the_parser_agree():
     import re
 
     study = workflow.Study(explicit_config())
-    for model_id in [*study.eval_models, "rl-ppo-10-s3-u5", "seed1-rl-ppo-10-s3-u5", "seed1-edit-x", "seed0-sft-0"]:
+    for model_id in [*study.eval_models, "rl-ppo-10-s3-u5", "rl-seed1-ppo-10-s3-u5", "seed1-edit-x", "seed0-sft-0"]:
         assert re.fullmatch(model_ids.MODEL_ID, model_id), model_id
         model_ids.parse(model_id)
     for run in study.rl_runs:
@@ -198,9 +198,9 @@ def test_several_sft_seeds_each_get_their_models_runs_pairs_and_edits():
     assert chosen.rl_from == {0: [10, 100, 400, 600], 1: [100, 200, 400, 600]}
     assert "seed1-grpo-200-s2" in chosen.rl_runs and "seed0-grpo-200-s2" not in chosen.rl_runs
     assert chosen.edits["seed1-edit-dirs_top20"]["base"] == "seed1-sft-200"
-    assert chosen.edits["seed0-edit-reverse"]["target"] == "seed0-rl-grpo-600-s1"
+    assert chosen.edits["seed0-edit-reverse"]["target"] == "rl-seed0-grpo-600-s1"
     assert ("seed1-sft-200", "seed1-sft-400") in chosen.spectrum_pairs and ("base", "seed0-sft-10") in chosen.spectrum_pairs
-    assert ("seed1-sft-200", "seed1-rl-grpo-200-s1") in chosen.spectrum_pairs
+    assert ("seed1-sft-200", "rl-seed1-grpo-200-s1") in chosen.spectrum_pairs
     control = chosen.rl_slice("seed1-sft_continue-200-s1")
     assert control["sft"]["seed"] == 1 and control == chosen.rl_slice("seed1-sft_continue-200-s1")
     # Adding a seed changes no slice of the seeds already there.

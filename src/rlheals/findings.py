@@ -8,7 +8,7 @@ import math
 
 import polars as pl
 
-from rlheals import curve, restore
+from rlheals import curve
 from rlheals.episodes import wilson
 
 

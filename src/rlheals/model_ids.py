@@ -8,9 +8,10 @@
                                           intermediate checkpoint, none: the run's last update
     edit-{name}                           a restoration edit
 
-A study with several SFT seeds (`sft.seed: [0, 1, 2]`) writes the SFT seed before every id that follows
-from its SFT run: seed1-sft-200, seed1-rl-grpo-200-s2, seed1-edit-dirs_top20 (the base model is shared).
-An RL run id is the model id without its `rl-` prefix and update: [seed{n}-]{algo}-{step}[-s{seed}].
+A study with several SFT seeds (`sft.seed: [0, 1, 2]`) writes the SFT seed into every id that follows
+from its SFT run: seed1-sft-200, rl-seed1-grpo-200-s2 (RL from seed1-sft-200), seed1-edit-dirs_top20 (the
+base model is shared). An RL run id is the model id without its `rl-` prefix and update:
+[seed{n}-]{algo}-{step}[-s{seed}].
 
 In the config a step may be written as a point the workflow chooses from the SFT curve (rlheals.curve):
 `sft-B` (the best-OOD checkpoint), `sft-T` (the last), `rl-grpo-T-s1`; `resolve` writes the step in."""
@@ -26,12 +27,12 @@ EDIT = r"[A-Za-z0-9_]+"
 CONTROL = "sft_continue"  # the algo name of the continued-SFT control arm
 # Wildcard constraints: the regexes snakemake matches model ids, RL run ids and edit ids with.
 EDIT_ID = rf"{SFT_SEED}edit-{EDIT}"
-MODEL_ID = rf"base|{SFT_SEED}(?:sft-\d+|rl-[a-z_]+-\d+(?:-s\d+)?(?:-u\d+)?|edit-{EDIT})"
+MODEL_ID = rf"base|{SFT_SEED}sft-\d+|rl-{RL_RUN}(?:-u\d+)?|{EDIT_ID}"
 
 _PARTS = re.compile(
-    r"(?P<base>base)|(?:seed(?P<sft_seed>\d+)-)?(?:sft-(?P<sft_step>\d+)"
-    r"|rl-(?P<algo>[a-z_]+)-(?P<rl_from>\d+)(?:-s(?P<seed>\d+))?(?:-u(?P<update>\d+))?"
-    rf"|edit-(?P<edit>{EDIT}))"
+    r"(?P<base>base)|(?:seed(?P<sft_seed>\d+)-)?sft-(?P<sft_step>\d+)"
+    r"|rl-(?:seed(?P<rl_sft_seed>\d+)-)?(?P<algo>[a-z_]+)-(?P<rl_from>\d+)(?:-s(?P<seed>\d+))?(?:-u(?P<update>\d+))?"
+    rf"|(?:seed(?P<edit_sft_seed>\d+)-)?edit-(?P<edit>{EDIT})"
 )
 _SEED_PREFIX = re.compile(r"(?:seed(\d+)-)?(.*)")
 
@@ -69,8 +70,7 @@ def rl_run(algo: str, step: int, seed: int, seeded: bool, sft_seed: int | None =
 
 def rl(run: str, update: int | None = None) -> str:
     """The model id of an RL run's last update, or of its checkpoint at `update`."""
-    sft_seed, rest = split_seed(run)
-    return f"{prefix(sft_seed)}rl-{rest}" + (f"-u{update}" if update is not None else "")
+    return f"rl-{run}" + (f"-u{update}" if update is not None else "")
 
 
 def parse_rl_run(run: str) -> RLRun:
@@ -123,7 +123,8 @@ def parse(model_id: str) -> dict:
     if m is None:
         raise ValueError(f"not a model id: {model_id!r}")
     g = m.groupdict()
-    sft_seed = int(g["sft_seed"]) if g["sft_seed"] else None
+    seed_of = next((g[k] for k in ("sft_seed", "rl_sft_seed", "edit_sft_seed") if g[k]), None)
+    sft_seed = int(seed_of) if seed_of else None
     if g["base"]:
         return {"stage": "base", "algo": None, "sft_seed": None, "sft_step": 0, "rl_update": None, "seed": None}
     if g["sft_step"]:

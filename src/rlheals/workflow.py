@@ -283,7 +283,11 @@ def resolve_model(model_id: str, sft_seed: int | None, points: Mapping[str, int 
     """A model id as the config writes it (sft-B, rl-grpo-T-s1, sft-200, base) as the id of one SFT seed's
     model, with the points chosen for that seed."""
     model_id = model_ids.resolve(model_id, points)
-    return model_id if model_id == "base" else model_ids.prefix(sft_seed) + model_id
+    if model_id == "base":
+        return model_id
+    if model_id.startswith("rl-"):  # rl-seed1-grpo-200: the seed of the SFT run it started from
+        return "rl-" + model_ids.prefix(sft_seed) + model_id.removeprefix("rl-")
+    return model_ids.prefix(sft_seed) + model_id
 
 
 def resolve_edit(spec: Mapping, sft_seed: int | None, points: Mapping[str, int | None]) -> dict:
