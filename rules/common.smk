@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from rlheals import model_ids
-from rlheals.report import FIGURES
+from rlheals.report import FIGURES, SFT_LOG_FILES, SPECTRUM_PAIR_FILES
 from rlheals.workflow import SPLITS, TEST_SPLITS, Study, canonical, code_hash
 
 study = Study(config)
@@ -50,6 +50,18 @@ def rl_start(wildcards):
 
 def edit_inputs(wildcards):
     return chosen().edit_inputs(wildcards.edit_id)
+
+
+def figure_file_lists():
+    """The file lists a figure entry of rlheals.report.FIGURES may name."""
+    rl_pairs = [(a, b) for a, b in chosen().spectrum_pairs if b.startswith("rl-")]
+    return {
+        SPECTRUM_PAIR_FILES: [
+            f"results/spectrum/base__{study.last_sft}.parquet",
+            *[f"results/spectrum/{a}__{b}.parquet" for a, b in rl_pairs],
+        ],
+        SFT_LOG_FILES: SFT_LOGS,
+    }
 
 
 def final_output(wildcards):

@@ -1,22 +1,9 @@
-from rlheals.report import SFT_LOG_FILES, SPECTRUM_PAIR_FILES
-
 LAST_SFT = study.last_sft
 STYLE = config["report"]
 
 # One rule per figure of rlheals.report.FIGURES (scripts/figure.py draws it with the entry's builder).
 # Kept above the other rules: tests/test_workflow_style.py takes a block's script from its first rule.
-# The file lists and the config values a figure entry names:
-def figure_file_lists():
-    rl_pairs = [(a, b) for a, b in chosen().spectrum_pairs if b.startswith("rl-")]
-    return {
-        SPECTRUM_PAIR_FILES: [
-            f"results/spectrum/base__{LAST_SFT}.parquet",
-            *[f"results/spectrum/{a}__{b}.parquet" for a, b in rl_pairs],
-        ],
-        SFT_LOG_FILES: SFT_LOGS,
-    }
-
-
+# The config values a figure entry names (its file lists: figure_file_lists in common.smk):
 FIGURE_PARAMS = {"last_sft": LAST_SFT}
 
 for fig in FIGURES:

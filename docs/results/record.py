@@ -1,0 +1,99 @@
+"""Write a finished study's results into the repository: docs/results/NAME.md, made from its result tables
+(never typed by hand), with the wall time `python3 tasks.py study` recorded.
+
+    python docs/results/record.py NAME [--results DIR] [--config FILE ...] [--out DIR]
+
+NAME: default (config/config.yaml) or replicate (with config/replicate.yaml), or any other study."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+
+HERE = Path(__file__).resolve().parent
+
+
+def pct(x) -> str:
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown(table: pl.DataFrame) -> str:
+    def cell(v) -> str:
+        if v is None:
+            return ""
+        return f"{v:.3g}" if isinstance(v, float) else str(v).replace("|", "/")
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.iter_rows()]
+    return "\n".join(lines)
+
+
+def sft_curve(tables: Path) -> pl.DataFrame:
+    acc = pl.read_parquet(tables / "accuracy.parquet").filter(pl.col("stage") == "sft")
+    out = acc.with_columns(pl.format("{} [{}, {}]", *[(100 * pl.col(c)).round(1) for c in
+                                                      ("accuracy", "accuracy_low", "accuracy_high")]).alias("acc"))
+    return out.pivot(on="rule", index="sft_step", values="acc").sort("sft_step").rename(
+        {"sft_step": "SFT step", "id": "ID % [95%]", "ood": "OOD % [95%]"})
+
+
+def record(name: str, results: Path, configs: list[str]) -> str:
+    tables = results / "tables"
+    run_time = json.loads((results / "run_time.json").read_text()) if (results / "run_time.json").exists() else None
+    findings = pl.read_parquet(tables / "findings.parquet")
+    undefined = pl.col("note").str.contains("undefined") | pl.col("uncertainty").str.contains("undefined")
+    findings = findings.with_columns(
+        pl.when(pl.col("reproduced")).then(pl.lit("yes")).when(~pl.col("reproduced")).then(pl.lit("no"))
+        .when(undefined).then(pl.lit("undefined")).otherwise(pl.lit("no claim")).alias("reproduced"))
+    points = tables / "sft_points.json"
+    parts = [f"# Results: the {name} study", "",
+             "Written by `docs/results/record.py` from the study's result tables; do not edit by hand.", "",
+             f"- config: {', '.join(configs)}",
+             "- wall time: " + (f"{run_time['seconds'] / 60:.1f} minutes on {run_time['cores']} cores "
+                                f"(`{' '.join(['python3 tasks.py study', *run_time['arguments']])}`, finished "
+                                f"{run_time['finished']})" if run_time else "not recorded"), ""]
+    if points.exists():
+        chosen = json.loads(points.read_text())
+        parts += [f"- chosen after SFT: B = step {chosen['B']}, T = step {chosen['T']}; RL starts from "
+                  + ", ".join(f"{k} ({chosen[k]})" for k in ("before_peak", "peak", "mid_decline", "last")
+                              if chosen.get(k) is not None), ""]
+    parts += ["## SFT: accuracy at each checkpoint", "", markdown(sft_curve(tables)), ""]
+    recovery = pl.read_parquet(tables / "rl_recovery.parquet").filter(pl.col("rule") == "ood")
+    if recovery.height:
+        parts += ["## RL and the continued-SFT control: OOD accuracy after, mean over seeds", "",
+                  markdown(recovery.select("algo", pl.col("sft_step").alias("from step"), "n_seeds",
+                                           (100 * pl.col("acc_before")).round(1).alias("before %"),
+                                           (100 * pl.col("acc_after")).round(1).alias("after %"),
+                                           (100 * pl.col("acc_after_se")).round(1).alias("s.e. %"))
+                           .sort("from step", "algo")), ""]
+    restoration = pl.read_parquet(tables / "restoration.parquet").filter(pl.col("rule") == "ood")
+    if restoration.height:
+        parts += ["## Restoration edits: OOD accuracy and recovery fraction", "",
+                  markdown(restoration.select("edit", "base", "target", (100 * pl.col("acc_edit")).round(1).alias("edit %"),
+                                              (100 * pl.col("acc_base")).round(1).alias("B %"),
+                                              (100 * pl.col("acc_target")).round(1).alias("T %"),
+                                              pl.col("recovery").round(2), pl.col("recovery_low").round(2),
+                                              pl.col("recovery_high").round(2))), ""]
+    parts += ["## Findings", "", markdown(findings.select("finding", "claim", "value", "uncertainty", "reproduced", "note")), ""]
+    return "\n".join(parts)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--config", nargs="*", default=["config/config.yaml"])
+    parser.add_argument("--out", type=Path, default=HERE, help="the folder of the page (default: docs/results)")
+    args = parser.parse_args()
+    if not (args.results / "tables" / "findings.parquet").exists():
+        parser.error(f"{args.results}/tables/findings.parquet not found: run the study first")
+    out = args.out / f"{args.name}.md"
+    out.write_text(record(args.name, args.results, args.config))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
