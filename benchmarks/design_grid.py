@@ -21,8 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rlheals import curve
-from rlheals.episodes import wilson
+from rlheals import curve, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("Snakefile", "rules", "scripts", "config", "envs")
@@ -102,19 +101,20 @@ def run(run_dir: Path, arm: str, seed: int) -> float:
 
 
 def curves(run_dir: Path) -> pl.DataFrame:
-    rows = []
-    for path in sorted(run_dir.glob("*/seed-*/results/eval/sft-*.parquet")):
-        arm, seed = path.parts[-5], int(path.parts[-4].removeprefix("seed-"))
-        if arm not in ARMS or int(path.stem.removeprefix("sft-")) not in overlay(arm, seed)["sft"]["save_steps"]:
+    """Every arm's SFT curve: accuracy per seed, step and rule (tables.accuracy_table, with its intervals)."""
+    parts = []
+    for where in sorted(run_dir.glob("*/seed-*")):
+        arm, seed = where.parent.name, int(where.name.removeprefix("seed-"))
+        if arm not in ARMS:
             continue
-        episodes = pl.read_parquet(path, columns=["rule", "correct", "value_mapping"])
-        for rule, group in episodes.group_by("rule"):
-            n, k = group.height, int(group["correct"].sum())
-            low, high = wilson(k, n)
-            rows.append({"arm": arm, "seed": seed, "sft_step": int(path.stem.removeprefix("sft-")), "rule": rule[0],
-                         "n": n, "accuracy": k / n, "accuracy_low": low, "accuracy_high": high,
-                         "value_mapping": float(group["value_mapping"].mean())})
-    return pl.DataFrame(rows).sort("arm", "seed", "rule", "sft_step")
+        steps = overlay(arm, seed)["sft"]["save_steps"]
+        episodes = {f"sft-{s}": pl.read_parquet(path).to_dicts() for s in steps
+                    if (path := where / "results" / "eval" / f"sft-{s}.parquet").exists()}
+        if episodes:
+            parts.append(tables.accuracy_table(episodes).with_columns(arm=pl.lit(arm), seed=pl.lit(seed)))
+    return pl.concat(parts).select("arm", "seed", "sft_step", "rule", pl.col("n_episodes").alias("n"), "accuracy",
+                                   "accuracy_low", "accuracy_high",
+                                   pl.col("value_mapping_accuracy").alias("value_mapping")).sort("arm", "seed", "rule", "sft_step")
 
 
 def criterion(table: pl.DataFrame) -> pl.DataFrame:

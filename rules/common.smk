@@ -26,17 +26,22 @@ def sft_seed_of(wildcards):
     return int(wildcards.sft_seed) if SFT_SEEDED else None
 
 
+_CHOSEN = []  # the study with its points, once every seed's are chosen (they are written once per run)
+
+
 def chosen():
     """The study with the points it names (B, T, RL starting points) chosen for every SFT seed: after
     the choose_points checkpoints have run, when the config names any; the study as it is otherwise."""
     if not study.needs_points:
         return study
-    points = {}
-    for seed in study.sft_seeds:
-        done = checkpoints.choose_points.get(**({"sft_seed": seed} if SFT_SEEDED else {}))
-        with open(done.output[0]) as f:
-            points[seed] = json.load(f)
-    return Study(config, points)
+    if not _CHOSEN:
+        points = {}
+        for seed in study.sft_seeds:
+            done = checkpoints.choose_points.get(**({"sft_seed": seed} if SFT_SEEDED else {}))
+            with open(done.output[0]) as f:
+                points[seed] = json.load(f)
+        _CHOSEN.append(Study(config, points))
+    return _CHOSEN[0]
 
 
 def code_of(script):

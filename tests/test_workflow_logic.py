@@ -165,12 +165,12 @@ def test_points_chosen_after_sft_complete_the_study():
     """A config that names points plans nothing that depends on them until they are chosen; then the
     runs, pairs and edits name the chosen steps, as the same config with the steps written out does."""
     study = workflow.Study(symbolic_config())
-    assert study.needs_points and not study.resolved
+    assert study.needs_points and study.points is None
     assert study.rl_runs == [] and study.edits == {} and study.edit_models == ["edit-dirs_top20", "edit-reverse"]
     assert ("sft-200", "sft-400") not in study.spectrum_pairs and ("base", "sft-600") in study.spectrum_pairs
     points = {"B": 100, "T": 600, "before_peak": 10, "peak": 100, "mid_decline": 400, "last": 600}
     chosen = workflow.Study(symbolic_config(), {None: points})
-    assert chosen.resolved and chosen.rl_from == {None: [10, 100, 400, 600]}
+    assert chosen.rl_from == {None: [10, 100, 400, 600]}
     assert "grpo-10-s2" in chosen.rl_runs and "sft_continue-400-s1" in chosen.rl_runs
     assert ("sft-100", "sft-600") in chosen.spectrum_pairs and ("sft-10", "sft-100") not in chosen.spectrum_pairs
     assert chosen.edits["edit-dirs_top20"] | {"base": "sft-100", "target": "sft-600"} == chosen.edits["edit-dirs_top20"]

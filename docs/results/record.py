@@ -22,13 +22,9 @@ def pct(x) -> str:
 
 
 def markdown(table: pl.DataFrame) -> str:
-    def cell(v) -> str:
-        if v is None:
-            return ""
-        return f"{v:.3g}" if isinstance(v, float) else str(v).replace("|", "/")
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.iter_rows()]
-    return "\n".join(lines)
+    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
+                   tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=1000, tbl_width_chars=60000, float_precision=3):
+        return str(table)
 
 
 def sft_curve(tables: Path) -> pl.DataFrame:

@@ -49,15 +49,6 @@ def heldout_multisets(game: Mapping, data: Mapping) -> dict[str, frozenset]:
     return out
 
 
-def never_trained_multisets(game: Mapping, data: Mapping) -> frozenset:
-    """Every solvable value multiset of a test rule that no training split deals (the OOD rule's): none of
-    them may appear in any training data, the pretraining corpus included."""
-    rules = rules_from_config(game)
-    trained = {data["splits"][s]["rule"] for s in TRAIN_SPLITS}
-    untrained = {data["splits"][s]["rule"] for s in TEST_SPLITS} - trained
-    return frozenset().union(*(solvable_multisets(rules[r], game["target"]) for r in untrained))
-
-
 def make_split(split: str, game: Mapping, data: Mapping) -> list[dict]:
     """Deal `size` solvable hands for one split. A test split with a holdout share deals only from its
     held-out multisets, and training splits never deal one of them."""

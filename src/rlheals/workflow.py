@@ -109,7 +109,6 @@ class Study:
         self.needs_points = bool(self.symbols) or self.config["spectrum"]["best_ood_step"] == "B" or any(
             model_ids.is_symbolic(spec[k]) for spec in self.edit_specs.values() for k in ("base", "target"))
         self.points = dict(points) if points is not None else None
-        self.resolved = self.points is not None or not self.needs_points
         self.rl_algos = [*rl["algos"], *([model_ids.CONTROL] if rl["control"] else [])]
         self.rl_seeds = list(range(1, rl["seeds"] + 1))
         self.rl_save_updates = sorted(rl["save_updates"])
@@ -125,8 +124,7 @@ class Study:
         self.edits = {model_ids.edit(name, s): spec for s in self.sft_seeds for name, spec in self._edits(s).items()}
         self.edit_models = [model_ids.edit(name, s) for s in self.sft_seeds for name in self.edit_specs]
         self.eval_models = [*self.study_models, *self.edit_models]
-        self.last_sfts = [model_ids.sft(self.sft_steps[-1], s) for s in self.sft_seeds]
-        self.last_sft = self.last_sfts[0]
+        self.last_sft = model_ids.sft(self.sft_steps[-1], self.sft_seeds[0])  # the first seed's, for the report
 
     # --- Per SFT seed: its files, its chosen points and what follows from them ---
 
