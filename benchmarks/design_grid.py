@@ -63,6 +63,9 @@ ARMS = {
     "C-no-four": (_with(C, pretrain__target_puzzle_sizes={"two": 0.3, "three": 0.7, "four": 0.0}), None),
     # Round 3: a longer pretraining (twice the steps, on twice the corpus)
     "C-compact-long": (_with(C, prompt__format="compact", pretrain__steps=1600, pretrain__corpus_size=80000), None),
+    # Round 4: numeric puzzles for the target on every value multiset, the test ones included (never as cards)
+    "K": (_with(C, pretrain__test_multisets_as_numbers=True), None),
+    "K-compact": (_with(C, prompt__format="compact", pretrain__test_multisets_as_numbers=True), None),
 }
 
 

@@ -82,13 +82,14 @@ def _random_solution(rng: random.Random, values: list[int]) -> tuple[str, Fracti
 
 def make_corpus(n: int, target: int, banned: set[tuple], mix: Mapping[str, float], seed: int,
                 sizes: Mapping[str, float] = DEFAULT_SIZES, restate: bool = True,
-                study_rules: Iterable[tuple[int, int, int]] = ()) -> list[dict]:
+                study_rules: Iterable[tuple[int, int, int]] = (), numbers_banned: set[tuple] | None = None) -> list[dict]:
     """`n` documents as {kind, target, prompt, answer}. `banned`: 4-value multisets never used with
-    `target`. `sizes`: shares of 2-, 3- and 4-number puzzles among the `numbers_target` documents.
+    `target` (`numbers_banned`, when given, replaces it for the numeric puzzles). `sizes`: shares of 2-, 3- and 4-number puzzles among the `numbers_target` documents.
     `restate`: answers begin by restating the numbers, as the study's answer format does or not.
     `study_rules`: the face values of the study's own rules, never used by a `cards_target` document."""
     rng = random.Random(seed)
-    target_multisets = [m for m in cards.ALL_VALUE_MULTISETS if cards.can_reach(m, target) and m not in banned]
+    numbers_banned = banned if numbers_banned is None else numbers_banned
+    target_multisets = [m for m in cards.ALL_VALUE_MULTISETS if cards.can_reach(m, target) and m not in numbers_banned]
     kinds, weights = zip(*((k, mix.get(k, 0.0)) for k in KINDS))
     context = {"target_multisets": target_multisets, "sizes": sizes, "restate": restate, "banned": banned,
                "study_rules": frozenset(map(tuple, study_rules))}

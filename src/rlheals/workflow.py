@@ -228,7 +228,7 @@ class Study:
                 "game": self.config["game"],
                 "data": {"holdout_seed": data["holdout_seed"], "holdout_share": data["holdout_share"],
                          "splits": {s: {"rule": data["splits"][s]["rule"]} for s in TEST_SPLITS}},
-                "pretrain": {k: p[k] for k in ("corpus_size", "mix", "target_puzzle_sizes", "seed")}}
+                "pretrain": {k: p[k] for k in ("corpus_size", "mix", "target_puzzle_sizes", "test_multisets_as_numbers", "seed")}}
 
     def base_slice(self) -> dict:
         """What the tiny base model depends on (besides its corpus): size, training, and how it is probed."""
