@@ -1,7 +1,7 @@
 import json
 
 from conftest import AFTER_SFT
-from rlheals import cards, data
+from rlheals import cards, data, pretrain
 from rlheals.data import SPLITS, TEST_SPLITS, TRAIN_SPLITS
 
 GAME = {
@@ -85,6 +85,14 @@ def test_workflow_data_rule(finished_study, smoke_sft_from_scratch):
     assert manifest["splits"]["id_test"]["sha256"] == data.sha256(out / "id_test.jsonl")
     assert not train & keys(rows["ood_test"])
     assert workflow.dry_run_jobs("results/data/manifest.json") == {}
+    # The pretraining corpus: no card puzzle for the target holds a test multiset; numeric ones may when
+    # the config says so, and the manifest counts them.
+    corpus, audit = data.read_jsonl(out / "pretrain.jsonl"), json.loads((out / "pretrain_manifest.json").read_text())
+    tests = keys(rows["id_test"]) | keys(rows["ood_test"])
+    with_test = [d for d in corpus if d["target"] == 24 and pretrain.doc_key(d) in tests]
+    assert audit["target_puzzles_with_a_test_multiset"] == 0
+    assert {d["kind"] for d in with_test} <= {"numbers_target"}
+    assert audit["numeric_puzzles_with_a_test_multiset"] >= len(with_test)  # reserved multisets count too
 
     # Same seed from scratch: byte-identical splits.
     again = smoke_sft_from_scratch.path / "results" / "data"

@@ -115,6 +115,22 @@ def test_pretraining_corpus_never_uses_the_target_with_a_test_multiset():
         pretrain.make_corpus(50, 24, banned, {"numbers_target": 1, "numbers_other": 1, "cards_other": 1}, 3)
 
 
+def test_numeric_puzzles_may_use_the_banned_multisets_when_asked_and_card_puzzles_never_do():
+    banned = {m for m in cards.ALL_VALUE_MULTISETS if cards.can_reach(m, 24)}  # every solvable hand
+    mix = {"numbers_target": 0.5, "numbers_other": 0, "cards_other": 0, "cards_target": 0.5}
+    four = {"two": 0, "three": 0, "four": 1}
+    known = pretrain.make_corpus(400, 24, set(), mix, 6, four, numbers_banned=set())
+    numeric = [d for d in known if d["kind"] == "numbers_target"]
+    assert numeric and all(len(pretrain.doc_key(d)) == 4 for d in numeric)
+    # With every solvable multiset banned, card puzzles for the target cannot be made at all; numeric ones
+    # can when their own ban is lifted, and then use banned multisets.
+    only_numbers = {"numbers_target": 1, "numbers_other": 0, "cards_other": 0, "cards_target": 0}
+    lifted = pretrain.make_corpus(200, 24, banned, only_numbers, 7, four, numbers_banned=set())
+    assert all(pretrain.doc_key(d) in banned for d in lifted)
+    with pytest.raises(ValueError, match="every value multiset that reaches 24 is banned"):  # the default ban
+        pretrain.make_corpus(10, 24, banned, only_numbers, 7, four)
+
+
 def test_card_puzzles_for_the_target_never_use_a_study_rule_or_a_banned_multiset():
     study_rules = [(10, 10, 10), (11, 12, 13)]
     banned = {(1, 2, 3, 4), (2, 3, 4, 10), (1, 1, 12, 12)}

@@ -2,11 +2,10 @@
 before SFT, like a real base LLM, and a plain training loop (nanoGPT-style).
 
 Corpus (never a card puzzle for the study's target under the study's own rules; never a test hand's or a
-reserved value multiset with that target):
-  - numeric puzzles for the target: `numbers 3 8 target 24 =>` and steps reaching it; by default of 2 or 3
-    numbers only, so the base model has the pieces of the skill but has never solved a 4-number hand for
-    the target: that is what SFT teaches (with 4-number ones the base model is already good at the task
-    and SFT has little to add: docs/study.md, "The base model");
+reserved value multiset with that target, except in numeric puzzles when `numbers_banned` lifts it):
+  - numeric puzzles for the target: `numbers 3 8 target 24 =>` and steps reaching it, of 2, 3 or 4
+    numbers (`sizes`); the 4-number ones may cover the test hands' value multisets, so the base model
+    knows the arithmetic of every hand, as a real base LLM knows the 24 game (docs/design.md, round 4);
   - numeric puzzles for other targets;
   - card puzzles for other targets under random face-card rules (`rule J 5 Q 7 K 2 cards cJ c3 ...`),
     answered in the study's answer format: the card values the written rule gives, restated, then steps
@@ -90,6 +89,9 @@ def make_corpus(n: int, target: int, banned: set[tuple], mix: Mapping[str, float
     rng = random.Random(seed)
     numbers_banned = banned if numbers_banned is None else numbers_banned
     target_multisets = [m for m in cards.ALL_VALUE_MULTISETS if cards.can_reach(m, target) and m not in numbers_banned]
+    if mix.get("numbers_target", 0.0) and sizes["four"] and not target_multisets:
+        raise ValueError(f"pretrain.target_puzzle_sizes.four is {sizes['four']}, but every value multiset that "
+                         f"reaches {target} is banned: no 4-number puzzle for the target can be made")
     kinds, weights = zip(*((k, mix.get(k, 0.0)) for k in KINDS))
     context = {"target_multisets": target_multisets, "sizes": sizes, "restate": restate, "banned": banned,
                "study_rules": frozenset(map(tuple, study_rules))}
