@@ -9,7 +9,11 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-# A bad config stops here, before any job runs, with the offending key named; then defaults are filled in.
+# Values set with --config get the schema's types (snakemake reads nested ones as strings). A bad config
+# stops here, before any job runs, with the offending key named; then defaults are filled in.
+study_config.type_command_line(
+    config, workflow.config_settings.config, workflow.source_path("config/schema.yaml")
+)
 study_config.check(config, workflow.source_path("config/schema.yaml"))
 validate(config, "config/schema.yaml")
 

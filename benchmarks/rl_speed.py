@@ -11,7 +11,6 @@ with the default in the same run; `--study` reads the data splits from another s
 """
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,20 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
-def _value(text: str):
-    """A command-line value: a number when it reads as one (YAML reads `1e-5` as a string), else YAML."""
-    import yaml
-
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return yaml.safe_load(text)
-
-
 def main() -> int:
     import yaml
+
+    from rl_settings import changed
 
     from rlheals import data, episodes, rl
     from rlheals.jobs import Job, Task
@@ -52,8 +41,8 @@ def main() -> int:
                         help="time ppo with these rl settings changed (repeatable)")
     args = parser.parse_args()
     args.model = args.model or str(args.study / f"results/models/sft-{cfg['sft']['max_steps']}")
-    runs = [(algo, algo, {}) for algo in args.algos]  # (name, algo, rl settings changed)
-    runs += [(name, "ppo", dict(change.split("=", 1) for change in changes)) for name, *changes in args.variant]
+    runs = [(algo, algo, []) for algo in args.algos]  # (name, algo, rl settings changed)
+    runs += [(name, "ppo", changes) for name, *changes in args.variant]
 
     rules, fmt = data.rules_from_config(cfg["game"]), cfg["prompt"]["format"]
     verifier = Verifier(cfg["game"]["target"], fmt, cfg["verify"]["strict_format"], cfg["verify"]["rewards"])
@@ -66,14 +55,8 @@ def main() -> int:
     import trl  # noqa: F401  imported once, outside the timings
     from trl import GRPOTrainer, RLOOTrainer  # noqa: F401
 
-    for name, algo, changes in runs:
-        base = json.loads(json.dumps(cfg["rl"]))
-        for key, value in changes.items():  # dotted keys reach into rl.ppo
-            *parents, leaf = key.split(".")
-            node = base
-            for part in parents:
-                node = node[part]
-            node[leaf] = _value(value)
+    for name, algo, changes in runs:  # changes: KEY=VALUE texts
+        base = changed(cfg["rl"], changes)
         seconds = []
         for updates in (1, 1 + args.updates):
             settings = {**base, "updates": updates, "probe": {"every": 10_000, "episodes": 8}}

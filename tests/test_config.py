@@ -1,9 +1,11 @@
+import json
 from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
-from rlheals.config import ConfigError, check
+from rlheals.config import ConfigError, check, type_command_line
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "config" / "schema.yaml"
@@ -61,3 +63,36 @@ def test_paper_scale_configs_validate_and_plan_the_whole_study(workflow, name):
     assert jobs["base_local"] == 1 and "base_tiny" not in jobs and jobs["sft"] == 1
     assert jobs["rl"] == 6 * 2  # 6 starting steps x (ppo + the continued-SFT control), one seed
     assert jobs["restore"] == 9 and jobs["all"] == 1
+
+
+def test_command_line_values_get_the_schema_types():
+    """Snakemake reads nested --config values as strings; each becomes what its key takes."""
+    config = default_config()
+    given = {"eval": {"episodes": "4", "do_sample": "true", "temperature": "0.7"},
+             "sft": {"save_steps": ["0", "5"], "max_steps": "5", "seed": ["0", "2"], "lr": "1e-5"},
+             "rl": {"from_steps": ["peak", "5"], "ppo": {"epochs": "1"}},
+             "spectrum": {"best_ood_step": "B"},
+             "data": {"holdout_share": {"id_test": "0", "ood_test": "0.25"}},
+             "model": {"local_path": "null", "source": "tiny"}}
+    update_config(config, json.loads(json.dumps(given)))  # merged as snakemake merges them
+    type_command_line(config, given, SCHEMA)
+    check(config, SCHEMA)
+    assert config["eval"]["episodes"] == 4 and config["eval"]["do_sample"] is True and config["eval"]["temperature"] == 0.7
+    assert config["sft"]["save_steps"] == [0, 5] and config["sft"]["seed"] == [0, 2] and config["sft"]["lr"] == 1e-5
+    assert config["rl"]["from_steps"] == ["peak", 5] and config["rl"]["ppo"]["epochs"] == 1
+    assert config["rl"]["ppo"]["clip"] == 0.1  # a key the command line did not set keeps the file's value
+    assert config["spectrum"]["best_ood_step"] == "B" and config["data"]["holdout_share"] == {"id_test": 0, "ood_test": 0.25}
+    assert config["model"]["local_path"] is None and config["model"]["source"] == "tiny"
+    # What does not read as the key's type stays as given, for the check to name.
+    config["eval"]["episodes"] = "four"
+    type_command_line(config, {"eval": {"episodes": "four"}}, SCHEMA)
+    with pytest.raises(ConfigError, match="config key eval.episodes: 'four' is not of type 'integer'"):
+        check(config, SCHEMA)
+
+
+def test_workflow_types_nested_command_line_values(workflow):
+    assert workflow.dry_run_jobs("--config", 'eval={"episodes": 4, "do_sample": true}', 'sft={"lr": 1e-5}')["all"] == 1
+    proc = workflow.run("-n", "--config", 'eval={"episodes": 0}', check=False)
+    assert proc.returncode != 0
+    # Typed before the check: the message is about the value, not its type.
+    assert "config key eval.episodes: 0 is less than the minimum of 1" in proc.stderr + proc.stdout

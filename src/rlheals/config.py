@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,6 +32,70 @@ def check(config: Mapping, schema_path: str | Path) -> None:
             raise ConfigError(f"config key {key}: unknown key (allowed here: {sorted(err.schema.get('properties', {}))})")
         raise ConfigError(f"config key {key}: {err.message}")
     _check_cross_keys(config)
+
+
+def type_command_line(config: dict, given: Mapping, schema_path: str | Path) -> None:
+    """Give the values set with `--config` the types the schema asks for, in `config`. Snakemake reads a
+    nested value (`--config 'eval={"episodes": 4}'`) as strings; a string that reads as what its key
+    takes (an integer, a number, true/false, null) becomes one. Anything else stays as given, for `check`
+    to name."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+
+    def walk(value, node, where: dict, key):
+        if isinstance(value, Mapping) and isinstance(where.get(key), dict):
+            for name, item in value.items():
+                walk(item, _property(schema, node, name), where[key], name)
+        elif isinstance(value, (str, list)):
+            where[key] = _typed(schema, node, value)
+
+    for name, value in given.items():
+        walk(value, _property(schema, schema, name), config, name)
+
+
+def _resolve(schema: Mapping, node: Mapping | None) -> Mapping:
+    while node and "$ref" in node:  # local references only: "#/definitions/name"
+        node = schema["definitions"][node["$ref"].rsplit("/", 1)[-1]]
+    return node or {}
+
+
+def _alternatives(schema: Mapping, node: Mapping | None) -> list[Mapping]:
+    node = _resolve(schema, node)
+    subs = node.get("oneOf") or node.get("anyOf")
+    return [alt for sub in subs for alt in _alternatives(schema, sub)] if subs else [node]
+
+
+def _property(schema: Mapping, node: Mapping | None, name: str) -> Mapping | None:
+    for alt in _alternatives(schema, node):
+        if name in alt.get("properties", {}):
+            return alt["properties"][name]
+    return None
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _typed(schema: Mapping, node: Mapping | None, value):
+    alts = _alternatives(schema, node)
+    if isinstance(value, list):
+        items = [alt["items"] for alt in alts if "items" in alt]
+        return [_typed(schema, items[0], v) for v in value] if items else value
+    types = set()
+    for alt in alts:
+        kinds = alt.get("type", [])
+        types.update([kinds] if isinstance(kinds, str) else kinds)
+        if value == alt.get("const") or value in alt.get("enum", []):
+            return value  # a string the key takes as it is
+    if "null" in types and value in ("null", "~"):
+        return None  # YAML's null, even where a string is also allowed
+    if "string" in types:
+        return value
+    if "integer" in types and re.fullmatch(r"[+-]?\d+", value):
+        return int(value)
+    if "number" in types and _NUMBER.fullmatch(value):
+        return float(value)
+    if "boolean" in types and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
 
 
 def _check_cross_keys(config: Mapping) -> None:
