@@ -15,7 +15,8 @@ start = time.time()
 svds_b = load_file(snakemake.input.svd_base) if "svd_base" in snakemake.input.keys() else {}
 svds_t = load_file(snakemake.input.svd_target) if "svd_target" in snakemake.input.keys() else {}
 weights_t = models.load_weights(snakemake.input.target)
-edited = restore.edit(spec, models.load_weights(snakemake.input.base), weights_t, svds_b, svds_t)
+edited = restore.edit(spec, models.load_weights(snakemake.input.base), weights_t, svds_b, svds_t,
+                      models=(snakemake.input.base, snakemake.input.target))
 models.save_weights(edited, snakemake.input.target, snakemake.output[0])
 changed = sum(not torch.equal(edited[k], weights_t[k]) for k in weights_t)
 log.info("%s: %d of %d tensors changed (%.1f s)", spec, changed, len(weights_t), time.time() - start)

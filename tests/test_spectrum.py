@@ -115,6 +115,28 @@ def test_svd_edits_keep_the_target_dtype_and_touch_only_matched_modules():
         restore.edit({"kind": "swap"}, b, t, svds_b, svds_t)
 
 
+def test_an_analysis_or_edit_of_nothing_is_an_error_naming_the_models():
+    # GPT-2-style names: none of them is a matrix the analysis knows.
+    gpt2 = {"transformer.h.0.attn.c_attn.weight": torch.randn(8, 24), "transformer.wte.weight": torch.randn(16, 8)}
+    with pytest.raises(ValueError, match=r"results/models/gpt2: no matrix to analyse among its 2 tensors \(looked for"):
+        spectrum.svd_model(gpt2, "results/models/gpt2")
+    b, t = state(0), state(1)
+    svds_b, svds_t = spectrum.svd_model(b), spectrum.svd_model(t)
+    with pytest.raises(ValueError, match=r"sft-2: no matrix to analyse"):
+        spectrum.compare_models(b, gpt2, svds_b, {}, 0.5, models=("sft-0", "sft-2"))
+    fewer = {k: v for k, v in t.items() if "layers.3." not in k}
+    with pytest.raises(ValueError, match=r"sft-0 and sft-2 do not have the same matrices: 3 only in the first"):
+        spectrum.compare_models(b, fewer, svds_b, spectrum.svd_model(fewer), 0.5, models=("sft-0", "sft-2"))
+    # An edit whose modules match nothing, or whose B is T, would only publish T again.
+    with pytest.raises(ValueError, match=r"edit none: changes no tensor of sft-800 \(tensors matching 'no_such'"):
+        restore.edit({"name": "none", "kind": "directions", "top": 0.2, "modules": "no_such"}, b, t, svds_b, svds_t,
+                     models=("sft-50", "sft-800"))
+    with pytest.raises(ValueError, match=r"edit same: changes no tensor of T \(layers 0.5"):
+        restore.edit({"name": "same", "kind": "layers", "layers": 0.5}, t, t, {}, {})
+    with pytest.raises(ValueError, match=r"edit reset: gpt2 has no decoder layer"):
+        restore.edit({"name": "reset", "kind": "layers", "layers": 0.5}, gpt2, gpt2, {}, {}, models=("gpt2", "gpt2"))
+
+
 def test_recovery_fraction():
     assert restore.recovery(0.15, 0.20, 0.10) == pytest.approx(0.5)
     assert math.isnan(restore.recovery(0.1, 0.1, 0.1))

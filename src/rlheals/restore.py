@@ -23,6 +23,7 @@ from rlheals import spectrum
 
 KINDS = ("directions", "vectors", "layers")
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
+_MODULES = r"_proj\.weight$"  # the SVD edits' default: every projection matrix of the decoder layers
 
 
 def _merge(b, t, k_top: int, k_tail: int, orthonormal: bool):
@@ -55,15 +56,33 @@ def mix(svd_b, svd_t, k_top: int, k_tail: int, values_from_b: bool, orthonormal:
     return (u * s) @ v.T
 
 
-def edit(spec: Mapping, weights_b: Mapping, weights_t: Mapping, svds_b: Mapping, svds_t: Mapping) -> dict:
+def edit(spec: Mapping, weights_b: Mapping, weights_t: Mapping, svds_b: Mapping, svds_t: Mapping,
+         models: tuple[str, str] = ("B", "T")) -> dict:
     """The edited state dict (T's tensors, T's dtypes) for one edit spec: kind, top, tail, layers,
-    modules (a regex on tensor names for the SVD edits)."""
+    modules (a regex on tensor names for the SVD edits). An edit that would change no tensor of T is an
+    error naming the models and what it looked for: its model would only be T again, reported as an edit."""
+    import torch
+
+    out = _edited(spec, weights_b, weights_t, svds_b, svds_t, models)
+    if not any(out[name] is not w and not torch.equal(out[name], w) for name, w in weights_t.items()):
+        what = (f"layers {spec.get('layer_range') or spec.get('layers')}" if spec["kind"] == "layers"
+                else f"tensors matching {spec.get('modules', _MODULES)!r} among the analysed matrices")
+        raise ValueError(f"edit {spec.get('name', spec['kind'])}: changes no tensor of {models[1]} ({what}, "
+                         f"taken from {models[0]}); the two models may be the same, or nothing matched")
+    return out
+
+
+def _edited(spec, weights_b, weights_t, svds_b, svds_t, models) -> dict:
     kind = spec["kind"]
     if kind not in KINDS:
         raise ValueError(f"unknown edit kind {kind!r} (one of {KINDS})")
     out = dict(weights_t)
     if kind == "layers":
-        n_layers = 1 + max(int(m.group(1)) for name in weights_t if (m := _LAYER.match(name)))
+        layers = [int(m.group(1)) for name in weights_t if (m := _LAYER.match(name))]
+        if not layers:
+            raise ValueError(f"edit {spec.get('name', kind)}: {models[1]} has no decoder layer (no tensor name "
+                             f"matches {_LAYER.pattern}); its tensors begin {sorted(weights_t)[:4]}")
+        n_layers = 1 + max(layers)
         if spec.get("layer_range") is not None:  # [first, last], inclusive; the embeddings stay T's
             lo, hi = spec["layer_range"]
             embeddings = False
@@ -75,7 +94,7 @@ def edit(spec: Mapping, weights_b: Mapping, weights_t: Mapping, svds_b: Mapping,
             if (m and lo <= int(m.group(1)) <= hi) or (embeddings and name == "model.embed_tokens.weight"):
                 out[name] = weights_b[name].clone()
         return out
-    pattern = re.compile(spec.get("modules", r"_proj\.weight$"))
+    pattern = re.compile(spec.get("modules", _MODULES))
     for name, w in weights_t.items():
         if spectrum.describe(name) is None or not pattern.search(name):
             continue

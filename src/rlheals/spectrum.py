@@ -25,15 +25,24 @@ def describe(name: str) -> tuple[int | None, str] | None:
     return (None, _OTHER[name]) if name in _OTHER else None
 
 
-def svd_model(weights: Mapping[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+def analysed(weights: Mapping[str, "torch.Tensor"], model: str) -> list[str]:
+    """The names of the analysed matrices of a model's weights; an error naming the model and what was
+    looked for when there is none (an analysis of nothing is never a result)."""
+    names = [name for name, w in weights.items() if describe(name) is not None and w.ndim == 2]
+    if not names:
+        raise ValueError(f"{model}: no matrix to analyse among its {len(weights)} tensors (looked for names "
+                         f"matching {_LAYER_MODULE.pattern} and {sorted(_OTHER)}); its tensors begin "
+                         f"{sorted(weights)[:4]}")
+    return names
+
+
+def svd_model(weights: Mapping[str, "torch.Tensor"], model: str = "the model") -> dict[str, "torch.Tensor"]:
     """The float32 thin SVD of every analysed matrix: {name.U, name.S, name.Vh}."""
     import torch
 
     out = {}
-    for name, w in weights.items():
-        if describe(name) is None or w.ndim != 2:
-            continue
-        u, s, vh = torch.linalg.svd(w.detach().float(), full_matrices=False)
+    for name in analysed(weights, model):
+        u, s, vh = torch.linalg.svd(weights[name].detach().float(), full_matrices=False)
         out[f"{name}.U"], out[f"{name}.S"], out[f"{name}.Vh"] = u.contiguous(), s.contiguous(), vh.contiguous()
     return out
 
@@ -120,14 +129,17 @@ def compare(name: str, wa, wb, svd_a, svd_b, share: float) -> Iterator[dict]:
             yield {"metric": metric, "rank_index": i, "value": value}
 
 
-def compare_models(weights_a, weights_b, svds_a, svds_b, share: float) -> list[dict]:
+def compare_models(weights_a, weights_b, svds_a, svds_b, share: float, models: tuple[str, str] = ("a", "b")) -> list[dict]:
     """Every analysed matrix of two models of the same architecture: the rows of `compare`, with the
-    tensor name, layer and module."""
+    tensor name, layer and module. An error names the models when their analysed matrices differ."""
+    names_a, names_b = analysed(weights_a, models[0]), analysed(weights_b, models[1])
+    if set(names_a) != set(names_b):
+        only_a, only_b = sorted(set(names_a) - set(names_b)), sorted(set(names_b) - set(names_a))
+        raise ValueError(f"{models[0]} and {models[1]} do not have the same matrices: {len(only_a)} only in the "
+                         f"first (e.g. {only_a[:2]}), {len(only_b)} only in the second (e.g. {only_b[:2]})")
     rows = []
-    for name in sorted(weights_a):
+    for name in sorted(names_a):
         where = describe(name)
-        if where is None or weights_a[name].ndim != 2:
-            continue
         if weights_b[name].shape != weights_a[name].shape:
             raise ValueError(f"{name}: shapes differ ({tuple(weights_a[name].shape)} vs {tuple(weights_b[name].shape)})")
         layer, module = where
