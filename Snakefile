@@ -1,7 +1,8 @@
 # RL fine-tuning heals OOD forgetting in SFT: the whole study as file targets.
 # Stages live in rules/*.smk; the library in src/rlheals; `rule all` asks for the study's final outputs.
 from snakemake.utils import min_version, validate
-from rlheals import config as study_config
+import os
+from rlheals import config as study_config, limits
 
 min_version("9.0")
 
@@ -16,6 +17,11 @@ study_config.type_command_line(
 )
 study_config.check(config, workflow.source_path("config/schema.yaml"))
 validate(config, "config/schema.yaml")
+
+# A local model that cannot hold the study's longest conversation (learned positions), has no chat template
+# for its turns, or has no token to pad with is refused here, before any job runs.
+if config["model"]["source"] == "local" and os.path.isdir(config["model"]["local_path"]):
+    limits.check_study(config["model"]["local_path"], config)
 
 
 report: "rules/captions/workflow.rst"

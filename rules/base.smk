@@ -46,6 +46,7 @@ else:
             "logs/base.log",
         params:
             source=config["model"]["local_path"],
+            study=canonical(study.conversation_slice()),
             code=code_of("base_local.py"),
         localrule: True
         conda:

@@ -262,9 +262,15 @@ def save_weights(weights: Mapping, like: str | Path, dst: str | Path) -> None:
 
 
 def load_tokenizer(path: str | Path):
+    """The tokenizer of a model directory; one without a pad token pads with its end-of-sequence token
+    (rlheals.limits.pad_token_fallback), the same in every stage."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    from rlheals import limits
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    limits.pad_token_fallback(tokenizer)
+    return tokenizer
 
 
 def link_or_copy_file(src: str | Path, dst: str | Path) -> None:
@@ -303,9 +309,7 @@ def import_local_model(src: str | Path, dst: str | Path) -> None:
 
     src = check_model_dir(src)
     config = AutoConfig.from_pretrained(src, trust_remote_code=False, local_files_only=True)
-    tokenizer = load_tokenizer(src)
-    if tokenizer.chat_template is None:
-        raise ValueError(f"{src}: the tokenizer has no chat template (tokenizer_config.json / chat_template.jinja)")
+    load_tokenizer(src)
     if not config.architectures:
         raise ValueError(f"{src / 'config.json'}: no `architectures` entry")
     link_or_copy_tree(src, dst)

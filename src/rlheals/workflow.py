@@ -236,6 +236,13 @@ class Study:
         return {"game": c["game"], "prompt": c["prompt"], "verify": c["verify"], "tiny": c["model"]["tiny"],
                 "pretrain": c["pretrain"]}
 
+    def conversation_slice(self) -> dict:
+        """What decides the longest conversation a model must hold (rlheals.limits.check_study)."""
+        c = self.config
+        return {"game": c["game"], "prompt": c["prompt"], "eval": {k: c["eval"][k] for k in ("verify_turns", "max_new_tokens")},
+                "rl": {k: c["rl"][k] for k in ("algos", "verify_turns", "max_new_tokens")},
+                "sft": {"max_length": c["sft"]["max_length"]}}
+
     def sft_seed_value(self, sft_seed: int | None) -> int:
         return self.config["sft"]["seed"] if sft_seed is None else sft_seed
 

@@ -1,0 +1,116 @@
+"""What a local model must hold for the study: a pad token, a chat template for its turns, and positions
+for its longest conversation (rlheals.limits)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlheals import cards, limits, models
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def bpe_tokenizer(pad: bool):
+    """A byte-level BPE tokenizer trained here on the study's own text, GPT-2 style: <|endoftext|> as
+    bos/eos and, as GPT-2's ships, no pad token unless asked."""
+    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    ood = cards.Rule("ood", (11, 12, 13), "face_card")
+    corpus = [cards.render_prompt(fmt, ["10", "J", "Q", "K"], ood, 24) for fmt in ("paper", "compact")]
+    corpus += ["You failed this trial because your steps end at 23, not 24.", "10 * 11 = 110 ; 110 - 12 = 98 ;"]
+    bpe = Tokenizer(tok_models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, **special, **({"pad_token": "<|endoftext|>"} if pad else {}))
+    tokenizer.chat_template = TEMPLATE
+    return tokenizer
+
+
+def gpt2_dir(path: Path, n_positions: int, pad: bool = False) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = bpe_tokenizer(pad)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=16, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def study(**changes) -> dict:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    for key, value in changes.items():
+        section, name = key.split("__")
+        config[section][name] = value
+    return {**config, "prompt": {"format": "paper"}}
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_its_end_of_sequence_token(tmp_path):
+    src = gpt2_dir(tmp_path / "gpt2", 4096)
+    assert json.loads((src / "tokenizer_config.json").read_text()).get("pad_token") is None  # as saved
+    tokenizer = models.load_tokenizer(src)
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id == tokenizer.eos_token_id
+    # What the evaluation engine's padding needs: a number, not None.
+    batch = tokenizer(["a", "a longer one"], padding=True)
+    assert all(isinstance(i, int) for row in batch["input_ids"] for i in row)
+    assert limits.pad_token_fallback(tokenizer) is None  # already there: nothing to do
+    assert limits.pad_token_fallback(bpe_tokenizer(pad=True)) is None
+
+
+def test_learned_positions_too_short_for_the_longest_conversation_are_refused_with_the_numbers(tmp_path):
+    short = gpt2_dir(tmp_path / "short", 128)
+    with pytest.raises(ValueError, match=r"longest conversation the study can produce is \d+ tokens, and the model "
+                                         r"has 128 positions \(learned position embeddings: a hard limit\)"):
+        limits.check_study(short, study())
+    # Fewer tries and shorter answers fit: the bound follows the protocol.
+    needed_5 = limits.longest_conversation(models.load_tokenizer(short), *limits.study_turns("paper", 24, {"J": 11, "Q": 12, "K": 13}), 5, 48)
+    needed_1 = limits.longest_conversation(models.load_tokenizer(short), *limits.study_turns("paper", 24, {"J": 11, "Q": 12, "K": 13}), 1, 48)
+    assert needed_1 + 4 * 2 * 48 < needed_5
+    roomy = gpt2_dir(tmp_path / "roomy", 8192)
+    assert limits.check_study(roomy, study()) is None
+    assert limits.positions(roomy) == limits.Positions(8192, True)
+
+
+def test_rotary_positions_past_their_limit_give_a_warning_not_an_error(tmp_path, ):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    src = tmp_path / "llama"
+    tokenizer = bpe_tokenizer(pad=False)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    LlamaForCausalLM(config).save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    assert limits.positions(src) == limits.Positions(64, False)
+    warning = limits.check_study(src, study())
+    assert warning and "has 64 positions (rotary" in warning
+
+
+def test_a_chat_template_that_drops_the_feedback_turns_is_refused(tmp_path):
+    src = gpt2_dir(tmp_path / "gpt2", 8192)
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "chat_template.jinja").unlink(missing_ok=True)
+    config["chat_template"] = "{{ messages[0]['content'] }}"  # the first turn only
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="drops the study's prompt or feedback turns"):
+        limits.check_study(src, study())
+    config["chat_template"] = "{{ raise_exception('Conversation roles must alternate') }}"
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="cannot render the study's conversation: Conversation roles must alternate"):
+        limits.check_study(src, study())
+
+
+def test_workflow_refuses_a_local_model_too_short_for_the_study_before_any_job(workflow, tmp_path):
+    short = gpt2_dir(tmp_path / "short", 128)
+    overlay = workflow.write_config("local.yaml", f"model: {{source: local, local_path: {short}}}\nprompt: {{format: paper}}\n")
+    proc = workflow.run("-n", configfile=("config/smoke.yaml", overlay), check=False)
+    assert proc.returncode != 0
+    assert "has 128 positions (learned position embeddings: a hard limit)" in proc.stderr + proc.stdout
+    assert not (workflow.path / "results").exists()
