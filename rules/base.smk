@@ -30,6 +30,7 @@ if config["model"]["source"] == "tiny":
             "benchmarks/results/base.tsv"
         params:
             cfg=canonical(study.base_slice()),
+            study=canonical(study.conversation_slice()),
             code=code_of("base_tiny.py"),
         threads: 8
         conda:

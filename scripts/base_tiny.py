@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from rlheals import data, episodes, evaluate, models, pretrain, runlog
+from rlheals import data, episodes, evaluate, limits, models, pretrain, runlog
 from rlheals.verify import Verifier
 
 log = runlog.setup(snakemake.log[0])
@@ -15,6 +15,10 @@ torch.set_num_threads(snakemake.threads)
 target = cfg["game"]["target"]
 
 tokenizer = models.build_tokenizer(pretrain.vocabulary(target))
+# Rotary positions: a study whose conversations outgrow model.tiny.max_positions still runs, with a warning.
+needed = limits.needed_positions(tokenizer, json.loads(snakemake.params.study))
+if warning := limits.check_positions("the tiny model", limits.Positions(cfg["tiny"]["max_positions"], False), needed):
+    log.warning("%s; set model.tiny.max_positions to at least %d", warning, needed)
 model = models.build_tiny_model(tokenizer, cfg["tiny"], cfg["tiny"]["seed"])
 log.info("tiny model: %d parameters, vocabulary %d", sum(p.numel() for p in model.parameters()), len(tokenizer))
 docs = data.read_jsonl(snakemake.input.corpus)

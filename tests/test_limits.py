@@ -114,3 +114,15 @@ def test_workflow_refuses_a_local_model_too_short_for_the_study_before_any_job(w
     assert proc.returncode != 0
     assert "has 128 positions (learned position embeddings: a hard limit)" in proc.stderr + proc.stdout
     assert not (workflow.path / "results").exists()
+
+
+def test_the_default_tiny_model_holds_the_longest_conversation_of_the_default_study():
+    from rlheals import pretrain
+
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    tokenizer = models.build_tokenizer(pretrain.vocabulary(24))
+    needed = limits.needed_positions(tokenizer, config)
+    assert 256 < needed <= config["model"]["tiny"]["max_positions"]  # 256 (the size it had) was short
+    found = limits.Positions(config["model"]["tiny"]["max_positions"], learned=False)
+    assert limits.check_positions("tiny", found, needed) is None
+    assert "rotary" in limits.check_positions("tiny", limits.Positions(256, learned=False), needed)

@@ -106,6 +106,19 @@ def check_positions(model: str, found: Positions, needed: int) -> str | None:
     return message + " (rotary: the model runs past them, with whatever quality it has there)"
 
 
+def needed_positions(tokenizer, config: Mapping) -> int:
+    """The longest conversation (tokens) the study in `config` can produce with this tokenizer: the eval
+    protocol's, PPO's rollouts' (when it runs) and SFT's longest example."""
+    game, fmt = config["game"], config["prompt"]["format"]
+    faces = max((rule["face_values"] for rule in game["rules"].values()), key=lambda f: sum(map(len, map(str, f.values()))))
+    prompt, feedback = study_turns(fmt, game["target"], faces)
+    protocols = [(config["eval"]["verify_turns"], config["eval"]["max_new_tokens"])]
+    if "ppo" in config["rl"]["algos"]:
+        protocols.append((config["rl"]["verify_turns"], config["rl"]["max_new_tokens"]))
+    needed = max(longest_conversation(tokenizer, prompt, feedback, tries, new) for tries, new in protocols)
+    return max(needed, config["sft"]["max_length"])
+
+
 def check_study(model_dir: str | Path, config: Mapping) -> str | None:
     """The checks above for a local model and a study config: an error (ValueError) that says what does
     not fit, or a warning text for rotary positions stretched past their limit, or None."""
@@ -114,14 +127,8 @@ def check_study(model_dir: str | Path, config: Mapping) -> str | None:
     tokenizer = models.load_tokenizer(model_dir)
     if tokenizer.chat_template is None:
         raise ValueError(f"{model_dir}: the tokenizer has no chat template (tokenizer_config.json / chat_template.jinja)")
-    game, fmt = config["game"], config["prompt"]["format"]
-    faces = max((rule["face_values"] for rule in game["rules"].values()), key=lambda f: sum(map(len, map(str, f.values()))))
-    prompt, feedback = study_turns(fmt, game["target"], faces)
-    protocols = [(config["eval"]["verify_turns"], config["eval"]["max_new_tokens"])]
-    if "ppo" in config["rl"]["algos"]:
-        protocols.append((config["rl"]["verify_turns"], config["rl"]["max_new_tokens"]))
     try:
-        needed = max(longest_conversation(tokenizer, prompt, feedback, tries, new) for tries, new in protocols)
+        needed = needed_positions(tokenizer, config)
     except ValueError as err:
         raise ValueError(f"{model_dir}: {err}") from err
-    return check_positions(str(model_dir), positions(model_dir), max(needed, config["sft"]["max_length"]))
+    return check_positions(str(model_dir), positions(model_dir), needed)
