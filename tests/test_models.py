@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -144,3 +145,31 @@ def test_card_puzzles_for_the_target_never_use_a_study_rule_or_a_banned_multiset
         assert pretrain.written_rule(doc) not in study_rules and pretrain.doc_key(doc) not in banned
         assert checker(doc["answer"], pretrain.card_values(doc)).correct, doc
     assert len({pretrain.written_rule(d) for d in docs}) > 100  # many rules, not a few memorised ones
+
+
+def test_the_text_model_of_a_vision_checkpoint_reloads_after_it_is_saved(tmp_path, tokenizer):
+    """Llama-3.2-Vision's layout: the causal-LM auto class loads its text model, which saves itself with a
+    config (`mllama_text_model`) the auto class cannot map; it loads again with the class config.json names."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1, attention_heads=4,
+                  image_size=28, patch_size=14, max_num_tiles=4, intermediate_layers_indices=[0], vision_output_dim=64)
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=64, cross_attention_layers=[1],
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    MllamaForConditionalGeneration(MllamaConfig(vision_config=vision, text_config=text)).save_pretrained(tmp_path / "vision")
+    tokenizer.save_pretrained(tmp_path / "vision")
+    text_model = models.load_model(tmp_path / "vision")
+    assert type(text_model).__name__ == "MllamaForCausalLM"
+    models.save_model(text_model, tokenizer, tmp_path / "sft-10")
+    again = models.load_model(tmp_path / "sft-10")
+    assert type(again).__name__ == "MllamaForCausalLM"
+    for (name, a), (_, b) in zip(text_model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    # A config that names no causal-LM class is refused with the names, never built as another class.
+    again.save_pretrained(tmp_path / "renamed")
+    config = json.loads((tmp_path / "renamed" / "config.json").read_text())
+    (tmp_path / "renamed" / "config.json").write_text(json.dumps({**config, "architectures": ["MllamaForConditionalGeneration"]}))
+    with pytest.raises(ValueError, match=r"names no causal-LM class \(architectures: \['MllamaForConditionalGeneration'\]\)"):
+        models.load_model(tmp_path / "renamed")

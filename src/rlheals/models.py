@@ -191,13 +191,26 @@ def weights_sha256(path: str | Path) -> str:
 
 
 def load_model(path: str | Path, dtype=None):
-    """Load a causal LM from a local directory: safetensors only, no remote code, never the network."""
+    """Load a causal LM from a local directory: safetensors only, no remote code, never the network.
+    A directory whose config the auto class does not map (the text model of Llama-3.2-Vision, saved by
+    SFT as `mllama_text_model`) loads with the causal-LM class its config.json names."""
+    import transformers
     from transformers import AutoModelForCausalLM
 
     path = check_model_dir(path)
-    return AutoModelForCausalLM.from_pretrained(
-        path, use_safetensors=True, trust_remote_code=False, local_files_only=True, dtype=dtype or "auto"
-    )
+    options = dict(use_safetensors=True, trust_remote_code=False, local_files_only=True, dtype=dtype or "auto")
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **options)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        named = json.loads((path / "config.json").read_text()).get("architectures") or []
+        # Only a causal-LM class: a multimodal one would build its default (full-size) parts around them.
+        causal = [getattr(transformers, name) for name in named if name.endswith("ForCausalLM") and hasattr(transformers, name)]
+        if not causal:
+            raise ValueError(f"{path}: not a causal LM the auto class knows ({err}), and config.json names no "
+                             f"causal-LM class (architectures: {named})") from err
+        return causal[0].from_pretrained(path, **options)
 
 
 def load_weights(path: str | Path) -> dict:
