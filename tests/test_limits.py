@@ -79,7 +79,7 @@ def test_learned_positions_too_short_for_the_longest_conversation_are_refused_wi
     assert limits.positions(roomy) == limits.Positions(8192, True)
 
 
-def test_rotary_positions_past_their_limit_give_a_warning_not_an_error(tmp_path, ):
+def test_rotary_positions_past_their_limit_give_a_warning_not_an_error(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     src = tmp_path / "llama"
