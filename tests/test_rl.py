@@ -92,6 +92,42 @@ def test_ppo_update_plays_multi_turn_episodes_and_keeps_its_reference_fixed():
     assert all(torch.equal(before[k], v) for k, v in trainer.reference.state_dict().items())  # its KL anchor did not
 
 
+def test_length_groups_cover_every_index_once_and_bound_the_padding():
+    lengths = [40, 90, 41, 95, 12, 88, 43, 100, 39]
+    groups = ppo.length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[12], [39, 40, 41, 43], [88, 90, 95, 100]]
+    for group in groups:
+        real = sum(lengths[i] for i in group)
+        assert max(lengths[i] for i in group) * len(group) <= 1.25 * real
+    assert ppo.length_groups([7] * 5) == [[0, 1, 2, 3, 4]]
+
+
+def test_ppo_forward_by_length_groups_equals_one_padded_batch_with_its_gradients():
+    from rlheals import pretrain
+
+    tokenizer = models.build_tokenizer(pretrain.vocabulary(24))
+    model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                                                "num_heads": 2, "num_kv_heads": 1, "max_positions": 512}, seed=0)
+    head = ppo.value_head(32)
+    g = torch.Generator().manual_seed(0)
+    steps = [ppo.Step(torch.randint(3, 50, (n,), generator=g).tolist(), torch.randint(3, 50, (a,), generator=g).tolist(), 0.0, "")
+             for n, a in [(20, 5), (60, 8), (21, 3), (64, 8), (19, 7)]]
+    assert len(ppo.length_groups([len(s.prompt) + len(s.answer) for s in steps])) > 1  # the case under test
+    results = []
+    for forward in (ppo._forward, lambda *a: ppo._forward_padded(*a, longest=8)):
+        model.zero_grad()
+        logprobs, mask, values = forward(model, head, steps, 0.7, tokenizer.pad_token_id)
+        ((logprobs * mask).sum() + values.sum()).backward()
+        results.append((logprobs * mask, mask, values, [p.grad.clone() for p in model.parameters()]))
+    (lp1, m1, v1, g1), (lp2, m2, v2, g2) = results
+    assert torch.equal(m1, m2)
+    torch.testing.assert_close(lp1, lp2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

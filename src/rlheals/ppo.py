@@ -101,7 +101,36 @@ def value_head(hidden_size: int):
 
 
 def _forward(model, head, steps: Sequence[Step], temperature: float, pad: int):
-    """Token log-probabilities of each step's answer (right-padded, with a mask) and V(prompt)."""
+    """Token log-probabilities of each step's answer (right-padded, with a mask) and V(prompt), in the
+    order of `steps`. Steps of similar length share a forward pass (`length_groups`): a second try is
+    about twice as long as a first, and one padded batch of both is mostly padding. The results are
+    those of one padded batch; the loss over them still takes a single backward pass."""
+    import torch
+
+    longest = max(len(s.answer) for s in steps)
+    groups = length_groups([len(s.prompt) + len(s.answer) for s in steps])
+    parts = [_forward_padded(model, head, [steps[i] for i in group], temperature, pad, longest) for group in groups]
+    back = torch.argsort(torch.tensor([i for group in groups for i in group], device=model.device))
+    return tuple(torch.cat(outputs)[back] for outputs in zip(*parts))
+
+
+def length_groups(lengths: Sequence[int], padding: float = 0.25) -> list[list[int]]:
+    """The indices of `lengths` in groups of similar length, shortest first: a group grows while padding
+    its members to its longest would add at most `padding` of its real tokens."""
+    groups: list[list[int]] = []
+    tokens = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and lengths[i] * (len(groups[-1]) + 1) <= (1 + padding) * (tokens + lengths[i]):
+            groups[-1].append(i)
+            tokens += lengths[i]
+        else:
+            groups.append([i])
+            tokens = lengths[i]
+    return groups
+
+
+def _forward_padded(model, head, steps: Sequence[Step], temperature: float, pad: int, longest: int):
+    """`_forward` for one batch, right-padded to its longest sequence; answers padded to `longest`."""
     import torch
 
     seqs = [s.prompt + s.answer for s in steps]
@@ -110,14 +139,12 @@ def _forward(model, head, steps: Sequence[Step], temperature: float, pad: int):
     ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs], device=device)
     attention = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device)
     out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True)
-    logits = out.logits.float() / temperature
-    longest = max(len(s.answer) for s in steps)
     # The answer's token j is predicted at position len(prompt) - 1 + j.
     starts = torch.tensor([len(s.prompt) - 1 for s in steps], device=device)
     positions = (starts[:, None] + torch.arange(longest, device=device)[None, :]).clamp(max=width - 2)
     targets = ids.gather(1, positions + 1)
-    logprobs = torch.log_softmax(logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])), -1)
-    logprobs = logprobs.gather(2, targets[..., None]).squeeze(-1)
+    logits = out.logits.gather(1, positions[..., None].expand(-1, -1, out.logits.shape[-1])).float() / temperature
+    logprobs = torch.log_softmax(logits, -1).gather(2, targets[..., None]).squeeze(-1)
     mask = torch.tensor([[1.0] * len(s.answer) + [0.0] * (longest - len(s.answer)) for s in steps], device=device)
     # The critic reads the policy's features but does not train them: the policy moves by the policy
     # gradient only (what the spectral analysis attributes to RL), the head by the value loss.
