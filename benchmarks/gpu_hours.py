@@ -105,7 +105,7 @@ def architecture(cfg: dict) -> dict:
 
 def matrices(arch: dict) -> list[tuple[int, int]]:
     """Shapes of the matrices the SVD stage analyses: every projection of every layer, the embeddings and
-    the LM head (rlheals.spectrum.describe)."""
+    the LM head (rlheals.matrices), as in a Llama-style model with untied embeddings."""
     h, i, kv = arch["hidden"], arch["intermediate"], arch["hidden"] // arch["heads"] * arch["kv_heads"]
     layer = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]
     return layer * arch["layers"] + [(arch["vocab"], h)] * 2

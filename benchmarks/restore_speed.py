@@ -26,7 +26,7 @@ def main() -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from rlheals import models, restore, spectrum
+    from rlheals import matrices, models, restore, spectrum
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="sft-200")
@@ -34,29 +34,30 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    weights_b = models.load_weights(ROOT / "results/models" / args.base)
-    weights_t = models.load_weights(ROOT / "results/models" / args.target)
+    dirs = [ROOT / "results/models" / args.base, ROOT / "results/models" / args.target]
+    weights_b, weights_t = (models.load_weights(d) for d in dirs)
+    layouts = (matrices.layout(dirs[0], weights_b), matrices.layout(dirs[1], weights_t))
 
     with tempfile.TemporaryDirectory() as cache:  # the svd rule's job, done once per model
         t = time.perf_counter()
-        for name, weights in (("b", weights_b), ("t", weights_t)):
-            save_file(spectrum.svd_model(weights), f"{cache}/{name}.safetensors")
+        for name, weights, layout in (("b", weights_b, layouts[0]), ("t", weights_t, layouts[1])):
+            save_file(spectrum.svd_model(weights, layout), f"{cache}/{name}.safetensors")
         t_cache_build = time.perf_counter() - t
 
         t = time.perf_counter()
         cached = []
         for spec in EDITS:
             svds_b, svds_t = load_file(f"{cache}/b.safetensors"), load_file(f"{cache}/t.safetensors")
-            cached.append(restore.edit(spec, weights_b, weights_t, svds_b, svds_t))
+            cached.append(restore.edit(spec, weights_b, weights_t, svds_b, svds_t, layouts))
         t_cached = time.perf_counter() - t
 
     t = time.perf_counter()
-    fresh = [restore.edit(spec, weights_b, weights_t, spectrum.svd_model(weights_b), spectrum.svd_model(weights_t))
-             for spec in EDITS]
+    fresh = [restore.edit(spec, weights_b, weights_t, spectrum.svd_model(weights_b, layouts[0]),
+                          spectrum.svd_model(weights_t, layouts[1]), layouts) for spec in EDITS]
     t_fresh = time.perf_counter() - t
 
     same = all(torch.allclose(a[k], b[k], atol=1e-5) for a, b in zip(cached, fresh) for k in a)
-    n = sum(1 for k in weights_t if spectrum.describe(k) and k.endswith("_proj.weight"))
+    n = sum(1 for m in layouts[1].matrices if m.layer is not None)
     print(f"{len(EDITS)} edits of {args.target} from {args.base} ({n} matrices each), {args.threads} threads")
     print(f"with the SVD cache:      {t_cached:7.3f} s  (the cache itself, once per model: {t_cache_build:.3f} s)")
     print(f"recomputing SVDs per edit: {t_fresh:7.3f} s")

@@ -5,11 +5,12 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from rlheals import models, runlog, spectrum
+from rlheals import matrices, models, runlog, spectrum
 
 log = runlog.setup(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 start = time.time()
-svds = spectrum.svd_model(models.load_weights(snakemake.input[0]), snakemake.input[0])
+weights = models.load_weights(snakemake.input[0])
+svds = spectrum.svd_model(weights, matrices.layout(snakemake.input[0], weights))
 runlog.write_atomic(snakemake.output[0], lambda path: save_file(svds, path, metadata={"format": "pt"}))
 log.info("%d matrices in %.1f s", len(svds) // 3, time.time() - start)

@@ -3,13 +3,14 @@ import math
 import pytest
 import torch
 
-from rlheals import restore, spectrum
+import families
+from rlheals import matrices, models, restore, spectrum
 
-NAME = "model.layers.0.self_attn.q_proj.weight"
+NAME = "layers.0.q"
 
 
 def svd(w):
-    return spectrum.factors(spectrum.svd_model({NAME: w}), NAME)
+    return torch.linalg.svd(w, full_matrices=False)
 
 
 def metrics(wa, wb, share=0.5) -> dict:
@@ -76,65 +77,120 @@ def test_directions_only_keeps_the_target_singular_values():
         assert torch.allclose(torch.linalg.svdvals(edited), svd(t)[1], atol=1e-4)
 
 
-def state(seed, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    out = {"model.embed_tokens.weight": torch.randn(20, 8, generator=g), "lm_head.weight": torch.randn(20, 8, generator=g),
-           "model.norm.weight": torch.randn(8, generator=g)}
-    for layer in range(4):
-        for module in ("self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj"):
-            rows = 4 if module.endswith("k_proj") else 8
-            out[f"model.layers.{layer}.{module}.weight"] = torch.randn(rows, 8, generator=g)
-        out[f"model.layers.{layer}.input_layernorm.weight"] = torch.randn(8, generator=g)
-    return {k: v.to(dtype) for k, v in out.items()}
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Tiny checkpoints of every family, two seeds each: {family: (dir seed 0, dir seed 1)}."""
+    root = tmp_path_factory.mktemp("families")
+    return {f: (families.write(f, root / f"{f}-0", seed=0), families.write(f, root / f"{f}-1", seed=1))
+            for f in families.FAMILIES}
 
 
-def test_layer_reset_leaves_other_layers_bit_identical():
-    b, t = state(0), state(1)
-    edited = restore.edit({"kind": "layers", "layers": 0.5}, b, t, {}, {})
+def loaded(path, dtype=None):
+    weights = models.load_weights(path)
+    weights = {k: v.to(dtype) for k, v in weights.items()} if dtype else weights
+    return weights, matrices.layout(path, weights)
+
+
+def two(checkpoints, family="llama3", dtype=None):
+    """B and T of one family: weights, layouts, SVDs."""
+    (wb, lb), (wt, lt) = (loaded(d, dtype) for d in checkpoints[family])
+    return wb, wt, (lb, lt), spectrum.svd_model(wb, lb), spectrum.svd_model(wt, lt)
+
+
+def test_every_family_maps_to_the_same_labels_as_out_by_in_matrices(checkpoints):
+    for family, (path, _) in checkpoints.items():
+        weights, layout = loaded(path)
+        gate = [] if family == "gpt2" else ["gate"]
+        heads = ["embed"] + (["lm_head"] if family in ("olmo2", "mllama") else [])  # the others tie theirs
+        assert sorted(m.key for m in layout.matrices) == sorted(
+            [f"layers.{i}.{m}" for i in range(2) for m in ["q", "k", "v", "o", *gate, "up", "down"]] + heads), family
+        shapes = {m.key: tuple(m.read(weights).shape) for m in layout.matrices}
+        kv = 32 if family == "gpt2" else 16  # GPT-2 has no grouped-query attention
+        assert shapes["layers.1.q"] == (32, 32) and shapes["layers.1.k"] == (kv, 32), family
+        assert shapes["layers.0.up"][1] == 32 and shapes["layers.0.down"][0] == 32, family  # (out, in)
+        assert layout.layers == 2 and layout.layer_of(next(m.tensor for m in layout.matrices if m.layer == 1)) == 1
+
+
+def test_gpt2_conv1d_thirds_are_the_q_k_v_maps_the_model_computes(checkpoints):
+    from transformers import GPT2LMHeadModel
+
+    path = checkpoints["gpt2"][0]
+    weights, layout = loaded(path)
+    model = GPT2LMHeadModel.from_pretrained(path)
+    x = torch.randn(3, 32)
+    attn = model.transformer.h[1].attn
+    fused = attn.c_attn(x) - attn.c_attn.bias  # (3, 96): q | k | v
+    for i, label in enumerate("qkv"):
+        w = next(m for m in layout.matrices if m.key == f"layers.1.{label}").read(weights)
+        torch.testing.assert_close(x @ w.T, fused[:, 32 * i : 32 * (i + 1)])
+    down = next(m for m in layout.matrices if m.key == "layers.1.down").read(weights)  # Conv1D (in, out) -> (out, in)
+    h = torch.randn(3, 128)
+    torch.testing.assert_close(h @ down.T, model.transformer.h[1].mlp.c_proj(h) - model.transformer.h[1].mlp.c_proj.bias)
+
+
+def test_an_edit_of_a_fused_part_writes_that_part_only(checkpoints):
+    wb, wt, layouts, svds_b, svds_t = two(checkpoints, "gpt2")
+    edited = restore.edit({"kind": "directions", "top": 1.0, "modules": r"^layers\.0\.k$"}, wb, wt, svds_b, svds_t, layouts)
+    name = "transformer.h.0.attn.c_attn.weight"  # (in, out): columns 32:64 are k
+    assert [n for n in wt if not torch.equal(edited[n], wt[n])] == [name]
+    assert torch.equal(edited[name][:, :32], wt[name][:, :32]) and torch.equal(edited[name][:, 64:], wt[name][:, 64:])
+    ub, _, vhb = svds_b["layers.0.k.U"], None, svds_b["layers.0.k.Vh"]
+    torch.testing.assert_close(edited[name][:, 32:64].T, (ub * svds_t["layers.0.k.S"]) @ vhb, rtol=1e-4, atol=1e-5)
+
+
+def test_the_vision_checkpoint_and_the_text_model_saved_after_it_compare_key_by_key(checkpoints, tmp_path):
+    base = checkpoints["mllama"][0]
+    text = models.load_model(base, dtype=torch.float32)  # what SFT loads, and then saves
+    text.save_pretrained(tmp_path / "text")
+    (wb, lb), (wt, lt) = loaded(base), loaded(tmp_path / "text")
+    assert lb.layer_prefix == "language_model.model.layers." and lt.layer_prefix == "model.layers."
+    rows = spectrum.compare_models(wb, wt, spectrum.svd_model(wb, lb), spectrum.svd_model(wt, lt), 0.5, (lb, lt))
+    changes = [r["value"] for r in rows if r["metric"] == "relative_update_norm"]
+    assert len(changes) == len(lt.matrices) == 16 and max(changes) == 0.0  # the same weights under other names
+    # A layer reset from the vision checkpoint into the text model finds each tensor under its other name.
+    moved = {k: v + 1 for k, v in wt.items()}
+    edited = restore.edit({"kind": "layers", "layers": 0.5}, wb, moved, {}, {}, (lb, lt))
+    assert torch.equal(edited["model.layers.0.mlp.up_proj.weight"], wb["language_model.model.layers.0.mlp.up_proj.weight"])
+    assert torch.equal(edited["model.embed_tokens.weight"], wb["language_model.model.embed_tokens.weight"])
+    assert torch.equal(edited["model.layers.1.mlp.up_proj.weight"], moved["model.layers.1.mlp.up_proj.weight"])
+
+
+def test_layer_reset_copies_whole_layers_and_leaves_the_rest_bit_identical(checkpoints):
+    wb, wt, layouts, _, _ = two(checkpoints, "qwen25")
+    edited = restore.edit({"kind": "layers", "layers": 0.5}, wb, wt, {}, {}, layouts)
     for name, w in edited.items():
-        from_b = name.startswith(("model.layers.0.", "model.layers.1.")) or name == "model.embed_tokens.weight"
-        assert torch.equal(w, b[name] if from_b else t[name]), name
-
-
-def test_a_layer_range_resets_only_those_layers():
-    b, t = state(0), state(1)
-    edited = restore.edit({"kind": "layers", "layer_range": [1, 2]}, b, t, {}, {})
+        from_b = name.startswith("model.layers.0.") or name == "model.embed_tokens.weight"  # biases and norms too
+        assert torch.equal(w, wb[name] if from_b else wt[name]), name
+    edited = restore.edit({"kind": "layers", "layer_range": [1, 1]}, wb, wt, {}, {}, layouts)
     for name, w in edited.items():
-        from_b = name.startswith(("model.layers.1.", "model.layers.2."))
-        assert torch.equal(w, b[name] if from_b else t[name]), name
+        assert torch.equal(w, wb[name] if name.startswith("model.layers.1.") else wt[name]), name
 
 
-def test_svd_edits_keep_the_target_dtype_and_touch_only_matched_modules():
-    b, t = state(0, torch.bfloat16), state(1, torch.bfloat16)
-    svds_b, svds_t = spectrum.svd_model(b), spectrum.svd_model(t)
-    edited = restore.edit({"kind": "directions", "top": 0.25, "modules": r"q_proj"}, b, t, svds_b, svds_t)
+def test_svd_edits_keep_the_target_dtype_and_touch_only_matched_modules(checkpoints):
+    wb, wt, layouts, svds_b, svds_t = two(checkpoints, "olmo2", torch.bfloat16)
+    edited = restore.edit({"kind": "directions", "top": 0.25, "modules": r"\.q$"}, wb, wt, svds_b, svds_t, layouts)
     assert all(w.dtype == torch.bfloat16 for w in edited.values())
-    changed = {n for n in t if not torch.equal(edited[n], t[n])}
-    assert changed and all("q_proj" in n for n in changed)
+    changed = {n for n in wt if not torch.equal(edited[n], wt[n])}
+    assert changed == {f"model.layers.{i}.self_attn.q_proj.weight" for i in range(2)}
     with pytest.raises(ValueError, match="unknown edit kind"):
-        restore.edit({"kind": "swap"}, b, t, svds_b, svds_t)
+        restore.edit({"kind": "swap"}, wb, wt, svds_b, svds_t, layouts)
 
 
-def test_an_analysis_or_edit_of_nothing_is_an_error_naming_the_models():
-    # GPT-2-style names: none of them is a matrix the analysis knows.
-    gpt2 = {"transformer.h.0.attn.c_attn.weight": torch.randn(8, 24), "transformer.wte.weight": torch.randn(16, 8)}
-    with pytest.raises(ValueError, match=r"results/models/gpt2: no matrix to analyse among its 2 tensors \(looked for"):
-        spectrum.svd_model(gpt2, "results/models/gpt2")
-    b, t = state(0), state(1)
-    svds_b, svds_t = spectrum.svd_model(b), spectrum.svd_model(t)
-    with pytest.raises(ValueError, match=r"sft-2: no matrix to analyse"):
-        spectrum.compare_models(b, gpt2, svds_b, {}, 0.5, models=("sft-0", "sft-2"))
-    fewer = {k: v for k, v in t.items() if "layers.3." not in k}
-    with pytest.raises(ValueError, match=r"sft-0 and sft-2 do not have the same matrices: 3 only in the first"):
-        spectrum.compare_models(b, fewer, svds_b, spectrum.svd_model(fewer), 0.5, models=("sft-0", "sft-2"))
+def test_an_analysis_or_edit_of_nothing_is_an_error_naming_the_models(checkpoints, tmp_path):
+    wb, wt, layouts, svds_b, svds_t = two(checkpoints)
+    # A weights file that lacks a module of its config's model: named, never skipped.
+    partial = {k: v for k, v in wt.items() if "layers.1.mlp.down_proj" not in k}
+    with pytest.raises(ValueError, match=r"its module model\.layers\.1\.mlp\.down_proj\.weight has no tensor"):
+        matrices.layout(checkpoints["llama3"][1], partial)
+    other = loaded(checkpoints["olmo2"][1])[1]  # untied: one more matrix
+    with pytest.raises(ValueError, match=r"sft-0 and sft-2 do not have the same matrices: 0 only in the first .*1 only in the second \(e\.g\. \['lm_head'\]"):
+        spectrum.compare_models(wb, wt, svds_b, svds_t, 0.5, (layouts[0], other), models=("sft-0", "sft-2"))
     # An edit whose modules match nothing, or whose B is T, would only publish T again.
-    with pytest.raises(ValueError, match=r"edit none: changes no tensor of sft-800 \(tensors matching 'no_such'"):
-        restore.edit({"name": "none", "kind": "directions", "top": 0.2, "modules": "no_such"}, b, t, svds_b, svds_t,
-                     models=("sft-50", "sft-800"))
+    with pytest.raises(ValueError, match=r"edit none: changes no tensor of sft-800 \(matrices whose keys match 'no_such'"):
+        restore.edit({"name": "none", "kind": "directions", "top": 0.2, "modules": "no_such"}, wb, wt, svds_b, svds_t,
+                     layouts, models=("sft-50", "sft-800"))
     with pytest.raises(ValueError, match=r"edit same: changes no tensor of T \(layers 0.5"):
-        restore.edit({"name": "same", "kind": "layers", "layers": 0.5}, t, t, {}, {})
-    with pytest.raises(ValueError, match=r"edit reset: gpt2 has no decoder layer"):
-        restore.edit({"name": "reset", "kind": "layers", "layers": 0.5}, gpt2, gpt2, {}, {}, models=("gpt2", "gpt2"))
+        restore.edit({"name": "same", "kind": "layers", "layers": 0.5}, wt, wt, {}, {}, (layouts[1], layouts[1]))
 
 
 def test_recovery_fraction():

@@ -111,7 +111,7 @@ def by_rank(spectrum_rows: pl.DataFrame, metric: str, title: str, y_title: str) 
     """A by-rank metric (relative singular value change, or angle) averaged over matrices, vs the rank
     index as a share of each matrix's rank, one line per compared pair."""
     rows = spectrum_rows.filter(pl.col("metric") == metric).with_columns(
-        (pl.col("rank_index") / pl.col("rank_index").max().over("pair", "tensor")).alias("rank_share"),
+        (pl.col("rank_index") / pl.col("rank_index").max().over("pair", "matrix")).alias("rank_share"),
         pl.col("value").abs())
     binned = rows.with_columns((pl.col("rank_share") * 20).floor().clip(0, 19).truediv(20).alias("rank_bin")).group_by(
         "pair", "rank_bin").agg(pl.col("value").mean()).sort("pair", "rank_bin")

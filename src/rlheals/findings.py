@@ -153,7 +153,7 @@ def spectrum_stability(summary: pl.DataFrame, by_rank: pl.DataFrame, base: str, 
     ]
     angles = by_rank.filter(pl.col("metric") == "u_angle_deg")
     if angles.height:
-        share = angles.with_columns((pl.col("rank_index") / pl.col("rank_index").max().over("tensor")).alias("s"))
+        share = angles.with_columns((pl.col("rank_index") / pl.col("rank_index").max().over("matrix")).alias("s"))
         top = share.filter(pl.col("s") <= 0.1)["value"].mean()
         tail = share.filter(pl.col("s") >= 0.9)["value"].mean()
         middle = share.filter(pl.col("s") > 0.1, pl.col("s") < 0.9)["value"].mean()

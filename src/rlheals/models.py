@@ -194,13 +194,32 @@ def load_model(path: str | Path, dtype=None):
     """Load a causal LM from a local directory: safetensors only, no remote code, never the network.
     A directory whose config the auto class does not map (the text model of Llama-3.2-Vision, saved by
     SFT as `mllama_text_model`) loads with the causal-LM class its config.json names."""
+    path = check_model_dir(path)
+    options = dict(use_safetensors=True, trust_remote_code=False, local_files_only=True, dtype=dtype or "auto")
+    return _as_causal_lm(path, lambda cls: cls.from_pretrained(path, **options))
+
+
+def skeleton(path: str | Path):
+    """The model of a local directory built from its config alone on the meta device (no weights, no
+    memory, any size), as `load_model` would build it; and its text config."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    with torch.device("meta"):
+        model = _as_causal_lm(path, lambda cls: (cls.from_config if cls is AutoModelForCausalLM else cls._from_config)(config))
+    return model, config.get_text_config()
+
+
+def _as_causal_lm(path: Path, make: Callable):
+    """make(AutoModelForCausalLM), or, for a config the auto class does not map, make(the causal-LM class
+    that config.json names)."""
     import transformers
     from transformers import AutoModelForCausalLM
 
-    path = check_model_dir(path)
-    options = dict(use_safetensors=True, trust_remote_code=False, local_files_only=True, dtype=dtype or "auto")
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **options)
+        return make(AutoModelForCausalLM)
     except ValueError as err:
         if "Unrecognized configuration class" not in str(err):
             raise
@@ -210,7 +229,7 @@ def load_model(path: str | Path, dtype=None):
         if not causal:
             raise ValueError(f"{path}: not a causal LM the auto class knows ({err}), and config.json names no "
                              f"causal-LM class (architectures: {named})") from err
-        return causal[0].from_pretrained(path, **options)
+        return make(causal[0])
 
 
 def load_weights(path: str | Path) -> dict:

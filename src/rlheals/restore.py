@@ -1,29 +1,29 @@
 """Restoration edits (docs/papers.md, "Restoration"): put part of a reference model B back into a target
 model T, then evaluate the edited model.
 
-- `directions` / `vectors`: per matrix, keep B's first k_top and last k_tail singular triplets and T's
+- `directions` / `vectors`: per matrix (rlheals.matrices: found from the module tree, a fused q/k/v map
+  edited part by part), keep B's first k_top and last k_tail singular triplets and T's
   middle ones: U' = [U_B[:, :k_top] | U_T[:, k_top:n-k_tail] | U_B[:, n-k_tail:]], V' likewise.
   `vectors` mixes the singular values the same way; `directions` keeps T's: W' = U' diag(S_T) V'^T.
   When k_top + k_tail = n this is U_B S_T V_B^T (the public code returned B unchanged). U' and V' are
   orthonormalised (B's restored directions kept exactly, T's projected off them), so a directions-only
   edit keeps T's singular values exactly; `orthonormal: false` is the public code's plain concatenation.
-- `layers`: the first share of the layers (and the embeddings) copied from B, or any `layer_range`
-  [first, last]; every other tensor is T's, bit for bit.
+- `layers`: every tensor (norms and biases too) of the first share of the decoder layers, and the input
+  embedding, copied from B, or of any `layer_range` [first, last]; every other tensor is T's, bit for bit.
 An edit with B = an SFT checkpoint and T = an RL model is the papers' "reverse" edit. The edited model
 keeps T's dtype. SVDs come from the per-model cache (rlheals.spectrum.svd_model)."""
 
 from __future__ import annotations
 
 import math
-
 import re
 from collections.abc import Mapping
 
 from rlheals import spectrum
+from rlheals.matrices import Layout
 
 KINDS = ("directions", "vectors", "layers")
-_LAYER = re.compile(r"model\.layers\.(\d+)\.")
-_MODULES = r"_proj\.weight$"  # the SVD edits' default: every projection matrix of the decoder layers
+_MODULES = r"^layers\."  # the SVD edits' default: every matrix of the decoder layers (rlheals.matrices keys)
 
 
 def _merge(b, t, k_top: int, k_tail: int, orthonormal: bool):
@@ -57,54 +57,58 @@ def mix(svd_b, svd_t, k_top: int, k_tail: int, values_from_b: bool, orthonormal:
 
 
 def edit(spec: Mapping, weights_b: Mapping, weights_t: Mapping, svds_b: Mapping, svds_t: Mapping,
-         models: tuple[str, str] = ("B", "T")) -> dict:
-    """The edited state dict (T's tensors, T's dtypes) for one edit spec: kind, top, tail, layers,
-    modules (a regex on tensor names for the SVD edits). An edit that would change no tensor of T is an
-    error naming the models and what it looked for: its model would only be T again, reported as an edit."""
+         layouts: tuple[Layout, Layout], models: tuple[str, str] = ("B", "T")) -> dict:
+    """The edited state dict (T's tensors, T's dtypes, T's names) for one edit spec: kind, top, tail,
+    layers or layer_range, modules (a regex on matrix keys such as `layers.3.q`, for the SVD edits).
+    B's tensors are found by their place in B's layout, whatever B's file calls them. An edit that would
+    change no tensor of T is an error naming the models and what it looked for: its model would only be
+    T again, reported as an edit."""
     import torch
 
-    out = _edited(spec, weights_b, weights_t, svds_b, svds_t, models)
+    out = _edited(spec, weights_b, weights_t, svds_b, svds_t, layouts, models)
     if not any(out[name] is not w and not torch.equal(out[name], w) for name, w in weights_t.items()):
         what = (f"layers {spec.get('layer_range') or spec.get('layers')}" if spec["kind"] == "layers"
-                else f"tensors matching {spec.get('modules', _MODULES)!r} among the analysed matrices")
+                else f"matrices whose keys match {spec.get('modules', _MODULES)!r}")
         raise ValueError(f"edit {spec.get('name', spec['kind'])}: changes no tensor of {models[1]} ({what}, "
                          f"taken from {models[0]}); the two models may be the same, or nothing matched")
     return out
 
 
-def _edited(spec, weights_b, weights_t, svds_b, svds_t, models) -> dict:
+def _edited(spec, weights_b, weights_t, svds_b, svds_t, layouts: tuple[Layout, Layout], models) -> dict:
     kind = spec["kind"]
     if kind not in KINDS:
         raise ValueError(f"unknown edit kind {kind!r} (one of {KINDS})")
+    layout_b, layout_t = layouts
     out = dict(weights_t)
     if kind == "layers":
-        layers = [int(m.group(1)) for name in weights_t if (m := _LAYER.match(name))]
-        if not layers:
-            raise ValueError(f"edit {spec.get('name', kind)}: {models[1]} has no decoder layer (no tensor name "
-                             f"matches {_LAYER.pattern}); its tensors begin {sorted(weights_t)[:4]}")
-        n_layers = 1 + max(layers)
         if spec.get("layer_range") is not None:  # [first, last], inclusive; the embeddings stay T's
             lo, hi = spec["layer_range"]
             embeddings = False
         else:  # the first share of the layers, and the embeddings (the papers' reset)
-            lo, hi = 0, round(spec["layers"] * n_layers) - 1
+            lo, hi = 0, round(spec["layers"] * layout_t.layers) - 1
             embeddings = True
         for name in weights_t:
-            m = _LAYER.match(name)
-            if (m and lo <= int(m.group(1)) <= hi) or (embeddings and name == "model.embed_tokens.weight"):
-                out[name] = weights_b[name].clone()
+            layer = layout_t.layer_of(name)
+            if (layer is not None and lo <= layer <= hi) or (embeddings and name == layout_t.embed):
+                there = layout_t.counterpart(name, layout_b)
+                if there not in weights_b:
+                    raise ValueError(f"{models[1]}'s {name} has no counterpart in {models[0]} (looked for {there})")
+                out[name] = weights_b[there].clone()
         return out
     pattern = re.compile(spec.get("modules", _MODULES))
-    for name, w in weights_t.items():
-        if spectrum.describe(name) is None or not pattern.search(name):
+    missing = sorted({m.key for m in layout_t.matrices} - {m.key for m in layout_b.matrices})
+    if missing:
+        raise ValueError(f"{models[0]} lacks matrices of {models[1]}: {missing[:4]}")
+    for m in layout_t.matrices:
+        if not pattern.search(m.key):
             continue
-        svd_t = spectrum.factors(svds_t, name)
+        svd_t = spectrum.factors(svds_t, m.key)
         n = svd_t[1].shape[0]
         k_top = spectrum.top_k(n, spec["top"]) if spec.get("top", 0) > 0 else 0
         k_tail = min(n - k_top, spectrum.top_k(n, spec["tail"])) if spec.get("tail", 0) > 0 else 0
-        mixed = mix(spectrum.factors(svds_b, name), svd_t, k_top, k_tail, values_from_b=kind == "vectors",
+        mixed = mix(spectrum.factors(svds_b, m.key), svd_t, k_top, k_tail, values_from_b=kind == "vectors",
                     orthonormal=spec.get("orthonormal", True))
-        out[name] = mixed.to(w.dtype).contiguous()
+        m.write(out, mixed)
     return out
 
 

@@ -1,49 +1,29 @@
 """Spectral comparison of two models' weights (docs/papers.md, "Spectral analysis"): per weight matrix, how
 its singular values moved and how its singular vectors rotated.
 
-Every matrix's SVD is computed once per model (`svd_model`) and stored as safetensors (`<name>.U`,
-`<name>.S`, `<name>.Vh`, float32): each pair of models and each restoration edit reads it back.
+The matrices are those rlheals.matrices finds in the model's module tree, each read as (out, in) and
+named by its key (`layers.3.q`). Every matrix's SVD is computed once per model (`svd_model`) and stored
+as safetensors (`<key>.U`, `<key>.S`, `<key>.Vh`, float32): each pair of models and each restoration
+edit reads it back.
 For a matrix of shape (rows, cols) the rank is n = min(rows, cols); U is rows x n and V is cols x n, so
 grouped-query k/v projections (fewer rows than columns) are handled on the right sides."""
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Mapping
 
-# Which weights are analysed: every 2-D matrix of a layer, plus the embeddings and the LM head.
-_LAYER_MODULE = re.compile(r"model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)_proj\.weight$")
-_OTHER = {"model.embed_tokens.weight": "embed", "lm_head.weight": "lm_head"}
+from rlheals.matrices import Layout
 
 
-def describe(name: str) -> tuple[int | None, str] | None:
-    """Tensor name -> (layer, module) for analysed matrices, None for the rest (norms, biases)."""
-    m = _LAYER_MODULE.match(name)
-    if m:
-        return int(m.group(1)), m.group(2)
-    return (None, _OTHER[name]) if name in _OTHER else None
-
-
-def analysed(weights: Mapping[str, "torch.Tensor"], model: str) -> list[str]:
-    """The names of the analysed matrices of a model's weights; an error naming the model and what was
-    looked for when there is none (an analysis of nothing is never a result)."""
-    names = [name for name, w in weights.items() if describe(name) is not None and w.ndim == 2]
-    if not names:
-        raise ValueError(f"{model}: no matrix to analyse among its {len(weights)} tensors (looked for names "
-                         f"matching {_LAYER_MODULE.pattern} and {sorted(_OTHER)}); its tensors begin "
-                         f"{sorted(weights)[:4]}")
-    return names
-
-
-def svd_model(weights: Mapping[str, "torch.Tensor"], model: str = "the model") -> dict[str, "torch.Tensor"]:
-    """The float32 thin SVD of every analysed matrix: {name.U, name.S, name.Vh}."""
+def svd_model(weights: Mapping[str, "torch.Tensor"], layout: Layout) -> dict[str, "torch.Tensor"]:
+    """The float32 thin SVD of every analysed matrix (rlheals.matrices), as (out, in): {key.U, key.S, key.Vh}."""
     import torch
 
     out = {}
-    for name in analysed(weights, model):
-        u, s, vh = torch.linalg.svd(weights[name].detach().float(), full_matrices=False)
-        out[f"{name}.U"], out[f"{name}.S"], out[f"{name}.Vh"] = u.contiguous(), s.contiguous(), vh.contiguous()
+    for m in layout.matrices:
+        u, s, vh = torch.linalg.svd(m.read(weights).detach().float(), full_matrices=False)
+        out[f"{m.key}.U"], out[f"{m.key}.S"], out[f"{m.key}.Vh"] = u.contiguous(), s.contiguous(), vh.contiguous()
     return out
 
 
@@ -129,20 +109,23 @@ def compare(name: str, wa, wb, svd_a, svd_b, share: float) -> Iterator[dict]:
             yield {"metric": metric, "rank_index": i, "value": value}
 
 
-def compare_models(weights_a, weights_b, svds_a, svds_b, share: float, models: tuple[str, str] = ("a", "b")) -> list[dict]:
-    """Every analysed matrix of two models of the same architecture: the rows of `compare`, with the
-    tensor name, layer and module. An error names the models when their analysed matrices differ."""
-    names_a, names_b = analysed(weights_a, models[0]), analysed(weights_b, models[1])
-    if set(names_a) != set(names_b):
-        only_a, only_b = sorted(set(names_a) - set(names_b)), sorted(set(names_b) - set(names_a))
+def compare_models(weights_a, weights_b, svds_a, svds_b, share: float, layouts: tuple[Layout, Layout],
+                   models: tuple[str, str] = ("a", "b")) -> list[dict]:
+    """Every analysed matrix of two models of the same architecture, key by key (their files may name
+    them differently): the rows of `compare`, with the matrix key, layer and module. An error names the
+    models when their matrices differ."""
+    mine, theirs = ({m.key: m for m in layout.matrices} for layout in layouts)
+    if set(mine) != set(theirs):
+        only_a, only_b = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
         raise ValueError(f"{models[0]} and {models[1]} do not have the same matrices: {len(only_a)} only in the "
                          f"first (e.g. {only_a[:2]}), {len(only_b)} only in the second (e.g. {only_b[:2]})")
     rows = []
-    for name in sorted(names_a):
-        where = describe(name)
-        if weights_b[name].shape != weights_a[name].shape:
-            raise ValueError(f"{name}: shapes differ ({tuple(weights_a[name].shape)} vs {tuple(weights_b[name].shape)})")
-        layer, module = where
-        for row in compare(name, weights_a[name], weights_b[name], factors(svds_a, name), factors(svds_b, name), share):
-            rows.append({"tensor": name, "layer": layer, "module": module, **row})
+    for key in sorted(mine):
+        a, b = mine[key], theirs[key]
+        wa, wb = a.read(weights_a), b.read(weights_b)
+        if wa.shape != wb.shape:
+            raise ValueError(f"{key} ({a.tensor} of {models[0]}, {b.tensor} of {models[1]}): shapes differ "
+                             f"({tuple(wa.shape)} vs {tuple(wb.shape)})")
+        for row in compare(key, wa, wb, factors(svds_a, key), factors(svds_b, key), share):
+            rows.append({"matrix": key, "layer": a.layer, "module": a.module, **row})
     return rows

@@ -38,7 +38,7 @@ def rl_log_table(logs: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
 def spectrum_table(pairs: Sequence[pl.DataFrame]) -> pl.DataFrame:
     """The scalar metrics of every compared pair: one row per (a, b, matrix), one column per metric."""
     long = pl.concat([p.filter(pl.col("rank_index").is_null()) for p in pairs])
-    return long.pivot(on="metric", index=["a", "b", "tensor", "layer", "module"], values="value").sort("a", "b", "tensor")
+    return long.pivot(on="metric", index=["a", "b", "matrix", "layer", "module"], values="value").sort("a", "b", "matrix")
 
 
 def restoration_table(edits: Mapping[str, Mapping], episodes: Mapping[str, Sequence[Mapping]]) -> pl.DataFrame:
@@ -125,7 +125,7 @@ def update_norms(spectrum: pl.DataFrame, last_sft: str) -> pl.DataFrame:
              .when(pl.col("b").str.starts_with("rl-sft_continue-")).then(pl.lit("control"))
              .when(pl.col("b").str.starts_with("rl-")).then(pl.lit("RL")).otherwise(None))
     return (spectrum.with_columns(stage.alias("stage")).drop_nulls("stage")
-            .select("stage", "a", "b", "tensor", "layer", "module", "relative_update_norm").sort("stage", "a", "b", "tensor"))
+            .select("stage", "a", "b", "matrix", "layer", "module", "relative_update_norm").sort("stage", "a", "b", "matrix"))
 
 
 def rotation_points(spectrum: pl.DataFrame, accuracy: pl.DataFrame) -> pl.DataFrame:
