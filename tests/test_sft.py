@@ -7,8 +7,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+import yaml
 
-from conftest import AFTER_SFT, FIGURES, SNAKEMAKE
+from conftest import AFTER_SFT, FIGURES, ROOT, SNAKEMAKE
 from rlheals import models, pretrain, sft
 from rlheals.settings import SFTSettings
 
@@ -242,3 +243,16 @@ def test_lean_loss_equals_trls_completion_only_loss(tmp_path):
         a = ours.compute_loss(model, dict(batch))
         b = trl.compute_loss(model, dict(batch))
     assert torch.allclose(a, b, rtol=1e-5), (a, b)
+
+
+def test_sft_examples_longer_than_max_length_are_refused_with_the_numbers():
+    import families
+    from rlheals import data
+
+    game = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["game"]
+    rows = [{"rule": "id", "cards": ["10", "J", "Q", "K"], "target": 24, "solution": "(10+10)+(10-10)/10"}] * 3
+    examples = sft.conversations(rows, data.rules_from_config(game), "paper")
+    tokenizer = families.tokenizer("qwen25")
+    sft.check_lengths(tokenizer, examples, 1024)
+    with pytest.raises(ValueError, match=r"sft\.max_length: 64 tokens, and 3 of 3 SFT examples are longer \(the longest has \d+\)"):
+        sft.check_lengths(tokenizer, examples, 64)

@@ -196,7 +196,13 @@ def load_model(path: str | Path, dtype=None):
     SFT as `mllama_text_model`) loads with the causal-LM class its config.json names."""
     path = check_model_dir(path)
     options = dict(use_safetensors=True, trust_remote_code=False, local_files_only=True, dtype=dtype or "auto")
-    return _as_causal_lm(path, lambda cls: cls.from_pretrained(path, **options))
+    model = _as_causal_lm(path, lambda cls: cls.from_pretrained(path, **options))
+    # `base_model` is the body TRL's fused LM head runs (SFT, GRPO). MllamaForCausalLM keeps its body in
+    # `model` while its base_model_prefix names `language_model`, so `base_model` would be the whole causal
+    # LM; this instance's prefix is pointed at the body it has (saved names do not change).
+    if model.base_model is model and getattr(model, "model", None) is not None:
+        model.base_model_prefix = "model"
+    return model
 
 
 def skeleton(path: str | Path):

@@ -26,6 +26,18 @@ def conversations(rows: Sequence[Mapping], rules: Mapping[str, cards.Rule], fmt:
     return out
 
 
+def check_lengths(tokenizer, examples: Sequence[Mapping], max_length: int) -> None:
+    """An error when an SFT example (prompt and answer, as the chat template renders them) is longer than
+    `sft.max_length`: truncation would cut the answer the loss falls on, silently."""
+    texts = tokenizer.apply_chat_template([e["prompt"] + e["completion"] for e in examples], tokenize=False)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    over = [n for n in lengths if n > max_length]
+    if over:
+        raise ValueError(f"config key sft.max_length: {max_length} tokens, and {len(over)} of {len(lengths)} SFT "
+                         f"examples are longer (the longest has {max(over)}): SFT would train on truncated "
+                         f"answers. Set sft.max_length to at least {max(over)}")
+
+
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
@@ -135,14 +147,15 @@ def run(*, job: Job, task: Task, settings: SFTSettings, callbacks=()) -> list[di
     if frozen:
         log(f"frozen: {len(frozen)} tensors ({frozen[0]} ...)")
     n_eval = settings.eval_examples
+    train, held_out = conversations(task.train, task.rules, task.fmt), {
+        "id": conversations(task.id_test[:n_eval], task.rules, task.fmt),
+        "ood": conversations(task.ood_test[:n_eval], task.rules, task.fmt)}
+    check_lengths(tokenizer, [*train, *held_out["id"], *held_out["ood"]], settings.max_length)
     trainer = trainer_class()(
         model=model,
         args=training_args(settings, work),
-        train_dataset=datasets.Dataset.from_list(conversations(task.train, task.rules, task.fmt)),
-        eval_dataset={
-            "id": datasets.Dataset.from_list(conversations(task.id_test[:n_eval], task.rules, task.fmt)),
-            "ood": datasets.Dataset.from_list(conversations(task.ood_test[:n_eval], task.rules, task.fmt)),
-        },
+        train_dataset=datasets.Dataset.from_list(train),
+        eval_dataset={rule: datasets.Dataset.from_list(rows) for rule, rows in held_out.items()},
         processing_class=tokenizer,
     )
     for callback in (Checkpoints(trainer, settings.max_steps, work, job.outputs, log), LogLosses(log), *callbacks):
