@@ -30,6 +30,13 @@ def test_freeze_by_pattern_and_layer_range():
     assert "model.layers.0.mlp.up_proj.weight" in trainable and "model.layers.1.self_attn.q_proj.weight" in trainable
     with pytest.raises(ValueError, match="matches no parameter"):
         sft.freeze(model, [{"pattern": "no_such_module"}])
+    # GPT-2 keeps its layers in transformer.h: a layer range finds them there too.
+    import families
+    import transformers
+
+    gpt2 = transformers.GPT2LMHeadModel(families.config("gpt2", families.tokenizer("gpt2")))
+    assert sorted(sft.freeze(gpt2, [{"pattern": r"mlp\.", "layers": [1, 1]}])) == [
+        f"transformer.h.1.mlp.{m}.{p}" for m in ("c_fc", "c_proj") for p in ("bias", "weight")]
 
 
 def test_loss_table_merges_train_and_heldout_losses():

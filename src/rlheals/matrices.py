@@ -97,11 +97,7 @@ def layout(model_dir: str | Path, names: Iterable[str]) -> Layout:
     names = set(names)
     model, text = models.skeleton(model_dir)
     count = text.num_hidden_layers
-    stacks = [(path, m) for path, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count]
-    if len(stacks) != 1:
-        raise ValueError(f"{model_dir}: expected one list of {count} decoder layers (num_hidden_layers) in "
-                         f"{type(model).__name__}, found {[p for p, _ in stacks] or 'none'}")
-    stack_path, stack = stacks[0]
+    stack_path, stack = decoder_layers(model, count, str(model_dir))
     matrices, layer_prefix = [], None
     for i, layer in enumerate(stack):
         for rel, module in layer.named_modules():
@@ -132,6 +128,17 @@ def layout(model_dir: str | Path, names: Iterable[str]) -> Layout:
     if len(set(keys)) != len(keys):
         raise ValueError(f"{model_dir}: two matrices share a label: {sorted(k for k in keys if keys.count(k) > 1)}")
     return Layout(tuple(matrices), layer_prefix, count, embed)
+
+
+def decoder_layers(model, count: int, what: str = "the model"):
+    """(path, ModuleList) of the model's decoder layers: the one ModuleList of `count` modules."""
+    import torch
+
+    stacks = [(path, m) for path, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count]
+    if len(stacks) != 1:
+        raise ValueError(f"{what}: expected one list of {count} decoder layers (num_hidden_layers) in "
+                         f"{type(model).__name__}, found {[p for p, _ in stacks] or 'none'}")
+    return stacks[0]
 
 
 def _is_linear(module) -> bool:

@@ -38,12 +38,16 @@ def check_lengths(tokenizer, examples: Sequence[Mapping], max_length: int) -> No
                          f"answers. Set sft.max_length to at least {max(over)}")
 
 
-_LAYER = re.compile(r"\.layers\.(\d+)\.")
-
-
 def freeze(model, specs: Sequence[Mapping]) -> list[str]:
     """Freeze parameters whose name matches a spec's `pattern` (regex) within its `layers` [first, last]
-    (inclusive; all layers when absent). Returns the frozen names."""
+    (inclusive; all layers when absent), the decoder layers found as the analysis finds them
+    (rlheals.matrices), in any family. Returns the frozen names."""
+    from rlheals import matrices
+
+    stack = None
+    if any(spec.get("layers") is not None for spec in specs):
+        path, _ = matrices.decoder_layers(model, model.config.get_text_config().num_hidden_layers)
+        stack = re.compile(re.escape(path) + r"\.(\d+)\.")
     frozen = []
     for name, param in model.named_parameters():
         for spec in specs:
@@ -51,7 +55,7 @@ def freeze(model, specs: Sequence[Mapping]) -> list[str]:
                 continue
             layers = spec.get("layers")
             if layers is not None:
-                match = _LAYER.search(name)
+                match = stack.match(name)
                 if match is None or not layers[0] <= int(match.group(1)) <= layers[1]:
                     continue
             param.requires_grad_(False)
