@@ -2,8 +2,8 @@
 
 Each evaluation is a fresh process, as a Snakemake job is (imports, model loading, then the default
 config's episodes per rule), so the start-up that one process spends on one core is counted. Prints both
-wall times, their ratio, and each run's OOD accuracy (the same in both modes: greedy answers do not
-depend on the threads).
+wall times, their ratio, and each run's results (a hash of every result row, and the OOD accuracy): the
+same in both modes, since greedy answers do not depend on the threads.
 
     .venv/bin/python benchmarks/eval_threads.py [--study DIR] [--models sft-400 sft-600]
 """
@@ -31,21 +31,24 @@ verifier = Verifier(cfg["game"]["target"], fmt, cfg["verify"]["strict_format"], 
 decoding = evaluate.Decoding(do_sample=False, max_new_tokens=e["max_new_tokens"])
 protocol = evaluate.Protocol(verifier, e["verify_turns"], decoding, e["batch_size"])
 results = evaluate.run_episodes(model, tokenizer, episodes.from_rows(rows, rules, fmt), protocol, workers=threads)
-print(episodes.summarize(results)["ood"]["accuracy"])
+import hashlib, json
+print(hashlib.sha256(json.dumps(results, sort_keys=True, default=str).encode()).hexdigest()[:16], episodes.summarize(results)["ood"]["accuracy"])
 """
 
 
 def evaluation(model: Path, study: Path, threads: int) -> subprocess.Popen:
     code = ONE.format(src=str(ROOT / "src"), model=str(model), study=str(study), threads=threads,
                       config=str(ROOT / "config" / "config.yaml"))
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(process: subprocess.Popen) -> float:
-    out, _ = process.communicate()
+def finish(process: subprocess.Popen) -> tuple[str, float]:
+    """The evaluation's results: a hash of every result row, and its OOD accuracy."""
+    out, err = process.communicate()
     if process.returncode:
-        raise SystemExit(f"an evaluation failed (exit code {process.returncode})")
-    return float(out.split()[-1])
+        raise SystemExit(f"an evaluation failed (exit code {process.returncode}):\n{err[-3000:]}")
+    digest, accuracy = out.split()[-2:]
+    return digest, float(accuracy)
 
 
 def main() -> int:
@@ -61,8 +64,8 @@ def main() -> int:
     start = time.time()
     parallel = [finish(p) for p in [evaluation(m, args.study, 1) for m in models]]
     parallel_s = time.time() - start
-    print(f"one after the other, 2 threads each: {serial_s:.1f} s (OOD accuracy {serial})")
-    print(f"side by side, 1 thread each:         {parallel_s:.1f} s (OOD accuracy {parallel})")
+    print(f"one after the other, 2 threads each: {serial_s:.1f} s (results, OOD accuracy: {serial})")
+    print(f"side by side, 1 thread each:         {parallel_s:.1f} s (results, OOD accuracy: {parallel})")
     print(f"ratio side by side / one after the other: {parallel_s / serial_s:.2f}")
     return 0 if serial == parallel else 1
 

@@ -26,7 +26,7 @@ def main() -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from rlheals import matrices, models, restore, spectrum
+    from rlheals import matrices, restore, spectrum
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="sft-200")
@@ -34,9 +34,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dirs = [ROOT / "results/models" / args.base, ROOT / "results/models" / args.target]
-    weights_b, weights_t = (models.load_weights(d) for d in dirs)
-    layouts = (matrices.layout(dirs[0], weights_b), matrices.layout(dirs[1], weights_t))
+    (weights_b, layout_b), (weights_t, layout_t) = (matrices.load(ROOT / "results/models" / m) for m in (args.base, args.target))
+    layouts = (layout_b, layout_t)
 
     with tempfile.TemporaryDirectory() as cache:  # the svd rule's job, done once per model
         t = time.perf_counter()

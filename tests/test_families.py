@@ -83,8 +83,9 @@ def test_every_stage_takes_the_family(family, tmp_path):
                task=Task(train=split["rl_train"], rules=rules, fmt=fmt, verifier=verifier, probe=probe, **tests),
                settings=rl_settings(algo, cfg["rl"], cfg["sft"]))
 
-    loaded = {m: models.load_weights(out / m) for m in ("base", "sft-0", "sft-2", "rl-ppo-2")}
-    layouts = {m: matrices.layout(out / m, w) for m, w in loaded.items()}
+    loaded, layouts = {}, {}
+    for m in ("base", "sft-0", "sft-2", "rl-ppo-2"):
+        loaded[m], layouts[m] = matrices.load(out / m)
     svds = {m: spectrum.svd_model(w, layouts[m]) for m, w in loaded.items()}
     for a, b in (("base", "sft-0"), ("sft-0", "sft-2"), ("sft-2", "rl-ppo-2")):
         rows = spectrum.compare_models(loaded[a], loaded[b], svds[a], svds[b], 0.5, (layouts[a], layouts[b]), (a, b))

@@ -260,6 +260,7 @@ def test_sft_examples_longer_than_max_length_are_refused_with_the_numbers():
     rows = [{"rule": "id", "cards": ["10", "J", "Q", "K"], "target": 24, "solution": "(10+10)+(10-10)/10"}] * 3
     examples = sft.conversations(rows, data.rules_from_config(game), "paper")
     tokenizer = families.tokenizer("qwen25")
-    sft.check_lengths(tokenizer, examples, 1024)
-    with pytest.raises(ValueError, match=r"sft\.max_length: 64 tokens, and 3 of 3 SFT examples are longer \(the longest has \d+\)"):
-        sft.check_lengths(tokenizer, examples, 64)
+    sft.check_lengths(tokenizer, {"training": examples, "held-out ID": examples[:1]}, 1024)
+    with pytest.raises(ValueError, match=r"sft\.max_length: 64 tokens, and 1 of the 1 held-out ID examples are longer "
+                                         r"\(the longest has \d+\)"):
+        sft.check_lengths(tokenizer, {"training": [], "held-out ID": examples[:1]}, 64)

@@ -86,9 +86,8 @@ def checkpoints(tmp_path_factory):
 
 
 def loaded(path, dtype=None):
-    weights = models.load_weights(path)
-    weights = {k: v.to(dtype) for k, v in weights.items()} if dtype else weights
-    return weights, matrices.layout(path, weights)
+    weights, layout = matrices.load(path)
+    return ({k: v.to(dtype) for k, v in weights.items()} if dtype else weights), layout
 
 
 def two(checkpoints, family="llama3", dtype=None):

@@ -44,25 +44,23 @@ class Matrix:
 
     def read(self, weights: Mapping):
         """The matrix as (out, in), from a model's weights."""
-        w = weights[self.tensor]
-        w = w.T if self.transposed else w
-        if self.part:
-            index, count = self.part
-            size = w.shape[0] // count
-            w = w[index * size : (index + 1) * size]
-        return w
+        return self._view(weights[self.tensor])
 
     def write(self, weights: dict, matrix) -> None:
         """`weights` with this matrix replaced by `matrix` (out, in), in the tensor's dtype; the tensor is
         replaced by a new one, never changed in place."""
         tensor = weights[self.tensor].clone()
-        view = tensor.T if self.transposed else tensor
+        self._view(tensor).copy_(matrix.to(tensor.dtype))
+        weights[self.tensor] = tensor
+
+    def _view(self, tensor):
+        """This matrix inside its tensor, as (out, in): a view, so writing to it writes the tensor."""
+        w = tensor.T if self.transposed else tensor
         if self.part:
             index, count = self.part
-            size = view.shape[0] // count
-            view = view[index * size : (index + 1) * size]
-        view.copy_(matrix.to(tensor.dtype))
-        weights[self.tensor] = tensor
+            size = w.shape[0] // count
+            w = w[index * size : (index + 1) * size]
+        return w
 
 
 @dataclass(frozen=True)
@@ -90,8 +88,6 @@ class Layout:
 def layout(model_dir: str | Path, names: Iterable[str]) -> Layout:
     """The layout of the model in `model_dir` (its config.json) whose weights file holds `names`. An error
     names what is missing: a config whose layers cannot be found, a module with no tensor in the file."""
-    import torch
-
     from rlheals import models
 
     names = set(names)
@@ -107,10 +103,14 @@ def layout(model_dir: str | Path, names: Iterable[str]) -> Layout:
             tensor = _file_name(path, names, model_dir)
             if layer_prefix is None:  # the file's names are the tree's, after a prefix (or none)
                 layer_prefix = tensor[: len(tensor) - len(path)] + f"{stack_path}."
-            transposed = type(module).__name__ == "Conv1D"  # y = x W + b, W stored (in, out)
+            transposed = _is_conv1d(module)  # y = x W + b, W stored (in, out)
             leaf2, leaf = ".".join(rel.split(".")[-2:]), rel.split(".")[-1]
             if leaf2 in FUSED:
                 parts = FUSED[leaf2]
+                outputs = module.weight.shape[1 if transposed else 0]
+                if outputs % len(parts):
+                    raise ValueError(f"{model_dir}: {tensor} has {outputs} outputs, not {len(parts)} equal parts "
+                                     f"({', '.join(parts)})")
                 matrices += [Matrix(f"layers.{i}.{label}", i, label, tensor, transposed, (j, len(parts)))
                              for j, label in enumerate(parts)]
             else:
@@ -141,10 +141,22 @@ def decoder_layers(model, count: int, what: str = "the model"):
     return stacks[0]
 
 
+def load(model_dir: str | Path) -> tuple[dict, Layout]:
+    """A model directory's weights (as stored) and their layout."""
+    from rlheals import models
+
+    weights = models.load_weights(model_dir)
+    return weights, layout(model_dir, weights)
+
+
+def _is_conv1d(module) -> bool:
+    return type(module).__name__ == "Conv1D"  # transformers.pytorch_utils, without importing it here
+
+
 def _is_linear(module) -> bool:
     import torch
 
-    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+    return isinstance(module, torch.nn.Linear) or _is_conv1d(module)
 
 
 def _file_name(path: str, names: set[str], model_dir) -> str:

@@ -314,6 +314,8 @@ class PPO:
         if launch.world_size() > 1:
             for param in synced:
                 if param.requires_grad:
+                    if param.grad is None:  # a layer the forward skipped (a vision model's cross-attention, text only)
+                        param.grad = torch.zeros_like(param)
                     launch.all_reduce(param.grad).div_(launch.world_size())
         loss_pi, loss_v, clip_share = launch.all_reduce(losses).tolist()
         # Clipped apart: one joint norm would let the critic's error shrink the policy's step (DeepSpeed

@@ -26,16 +26,19 @@ def conversations(rows: Sequence[Mapping], rules: Mapping[str, cards.Rule], fmt:
     return out
 
 
-def check_lengths(tokenizer, examples: Sequence[Mapping], max_length: int) -> None:
-    """An error when an SFT example (prompt and answer, as the chat template renders them) is longer than
-    `sft.max_length`: truncation would cut the answer the loss falls on, silently."""
-    texts = tokenizer.apply_chat_template([e["prompt"] + e["completion"] for e in examples], tokenize=False)
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    over = [n for n in lengths if n > max_length]
-    if over:
-        raise ValueError(f"config key sft.max_length: {max_length} tokens, and {len(over)} of {len(lengths)} SFT "
-                         f"examples are longer (the longest has {max(over)}): SFT would train on truncated "
-                         f"answers. Set sft.max_length to at least {max(over)}")
+def check_lengths(tokenizer, examples: Mapping[str, Sequence[Mapping]], max_length: int) -> None:
+    """An error when an SFT example (prompt and answer, as the chat template renders them) of any set in
+    `examples` (name -> examples) is longer than `sft.max_length`: truncation would cut the answer the
+    loss falls on, silently."""
+    for name, rows in examples.items():
+        if not rows:
+            continue
+        texts = tokenizer.apply_chat_template([e["prompt"] + e["completion"] for e in rows], tokenize=False)
+        over = [n for n in map(len, tokenizer(texts, add_special_tokens=False)["input_ids"]) if n > max_length]
+        if over:
+            raise ValueError(f"config key sft.max_length: {max_length} tokens, and {len(over)} of the {len(rows)} "
+                             f"{name} examples are longer (the longest has {max(over)}): SFT would train and "
+                             f"measure on truncated answers. Set sft.max_length to at least {max(over)}")
 
 
 def freeze(model, specs: Sequence[Mapping]) -> list[str]:
@@ -145,16 +148,17 @@ def run(*, job: Job, task: Task, settings: SFTSettings, callbacks=()) -> list[di
             checkpoints.publish(job.start, job.outputs[0], work)
     resume = checkpoints.resume_point(job.outputs, work)
 
-    model = models.load_model(job.start, dtype=torch.float32)
     tokenizer = models.load_tokenizer(job.start)
-    frozen = freeze(model, settings.freeze)
-    if frozen:
-        log(f"frozen: {len(frozen)} tensors ({frozen[0]} ...)")
     n_eval = settings.eval_examples
     train, held_out = conversations(task.train, task.rules, task.fmt), {
         "id": conversations(task.id_test[:n_eval], task.rules, task.fmt),
         "ood": conversations(task.ood_test[:n_eval], task.rules, task.fmt)}
-    check_lengths(tokenizer, [*train, *held_out["id"], *held_out["ood"]], settings.max_length)
+    check_lengths(tokenizer, {"training": train, "held-out ID": held_out["id"], "held-out OOD": held_out["ood"]},
+                  settings.max_length)  # before the model loads: a 7B model need not load to be refused
+    model = models.load_model(job.start, dtype=torch.float32)
+    frozen = freeze(model, settings.freeze)
+    if frozen:
+        log(f"frozen: {len(frozen)} tensors ({frozen[0]} ...)")
     trainer = trainer_class()(
         model=model,
         args=training_args(settings, work),
