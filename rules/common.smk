@@ -22,6 +22,12 @@ SFT_LOGS = [study.sft_log(s) for s in study.sft_seeds]
 POINTS_FILES = [study.points_file(s) for s in study.sft_seeds] if study.needs_points else []
 
 
+def job_threads(n):
+    """A job's threads: `n`, or one for the tiny model, whose jobs gain little from a second thread
+    (start-up and per-operator overhead are most of their time) and run two side by side instead."""
+    return 1 if config["model"]["source"] == "tiny" else n
+
+
 def sft_seed_of(wildcards):
     return int(wildcards.sft_seed) if SFT_SEEDED else None
 

@@ -11,9 +11,9 @@ rule evaluate:
     params:
         code=code_of("evaluate.py"),
         cfg=canonical(study.eval_slice()),
-    # The tiny model: two evaluations side by side, one thread each, finish sooner than one after the
-    # other with two (benchmarks/eval_threads.py); the answers are the same either way.
-    threads: 1 if config["model"]["source"] == "tiny" else 4
+    # Two tiny-model evaluations side by side finish sooner than one after the other with two threads
+    # (benchmarks/eval_threads.py); the answers are the same either way.
+    threads: job_threads(4)
     conda:
         "../envs/analysis.yaml"
     script:

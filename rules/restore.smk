@@ -9,7 +9,7 @@ rule restore:
     params:
         code=code_of("restore.py"),
         spec=lambda w: canonical(EDIT_SPECS[model_ids.parse(w.edit_id)["algo"]]),
-    threads: 8
+    threads: job_threads(8)
     conda:
         "../envs/analysis.yaml"
     script:

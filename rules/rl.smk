@@ -15,8 +15,7 @@ rule rl:
     params:
         code=code_of("rl.py"),
         cfg=lambda w: canonical(study.rl_slice(w.rl_run)),
-    # The tiny model gains nothing from a second thread; two runs side by side do.
-    threads: 1 if config["model"]["source"] == "tiny" else 8
+    threads: job_threads(8)
     conda:
         "../envs/train.yaml"
     script:

@@ -7,7 +7,7 @@ rule svd:
         "logs/svd/{model_id}.log",
     benchmark:
         "benchmarks/results/svd/{model_id}.tsv"
-    threads: 8
+    threads: job_threads(8)
     params:
         code=code_of("svd.py"),
     conda:
@@ -29,7 +29,7 @@ rule spectrum:
     params:
         code=code_of("spectrum.py"),
         top_share=SPECTRUM["top_share"],
-    threads: 8
+    threads: job_threads(8)
     conda:
         "../envs/analysis.yaml"
     script:
