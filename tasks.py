@@ -10,6 +10,7 @@ Needs only Python 3.11+ and pip. The venv (.venv) is rebuilt when requirements*.
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -53,12 +54,16 @@ def main() -> int:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [BIN / "snakemake", "--cores", "all", *args] if task == "study" else [BIN / "pytest", *args]
     print("+", " ".join(map(str, cmd)), flush=True)
+    # The code the study runs: the checkout's commit, marked when files differ from it (no git: none).
+    git = shutil.which("git") and subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                                                 capture_output=True, text=True)
+    commit = git.stdout.strip() if git and git.returncode == 0 else None
     start = time.time()
     code = subprocess.run(list(map(str, cmd)), cwd=ROOT, env=env).returncode
     if task == "study" and code == 0 and "-n" not in args and "--dry-run" not in args:
         # The wall time of the run, for docs/results/record.py (it covers only the jobs this run ran).
         record = {"seconds": round(time.time() - start), "cores": os.cpu_count(), "arguments": args,
-                  "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+                  "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": commit}
         (ROOT / "results" / "run_time.json").write_text(json.dumps(record, indent=1) + "\n")
     return code
 

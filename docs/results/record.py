@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,11 +30,28 @@ def markdown(table: pl.DataFrame) -> str:
 
 
 def sft_curve(tables: Path) -> pl.DataFrame:
+    """Accuracy at each SFT checkpoint, with its 95% interval; one column pair per SFT seed when several."""
     acc = pl.read_parquet(tables / "accuracy.parquet").filter(pl.col("stage") == "sft")
     out = acc.with_columns(pl.format("{} [{}, {}]", *[(100 * pl.col(c)).round(1) for c in
                                                       ("accuracy", "accuracy_low", "accuracy_high")]).alias("acc"))
-    return out.pivot(on="rule", index="sft_step", values="acc").sort("sft_step").rename(
-        {"sft_step": "SFT step", "id": "ID % [95%]", "ood": "OOD % [95%]"})
+    seeds = sorted(s for s in out["sft_seed"].unique().to_list() if s is not None)
+    if not seeds:
+        return out.pivot(on="rule", index="sft_step", values="acc").sort("sft_step").rename(
+            {"sft_step": "SFT step", "id": "ID % [95%]", "ood": "OOD % [95%]"})
+    out = out.with_columns(pl.format("{} seed {}", pl.col("rule").str.to_uppercase(), "sft_seed").alias("column"))
+    return out.pivot(on="column", index="sft_step", values="acc").sort("sft_step").rename({"sft_step": "SFT step"}).select(
+        "SFT step", *[f"{rule} seed {seed}" for seed in seeds for rule in ("ID", "OOD")])
+
+
+def commit(results: Path, run_time: dict | None) -> str | None:
+    """The commit the study ran at: recorded by tasks.py, else that of the checkout holding the results."""
+    if run_time and run_time.get("commit"):
+        return run_time["commit"]
+    if not shutil.which("git"):
+        return None
+    out = subprocess.run(["git", "-C", str(results.resolve().parent), "describe", "--always", "--dirty"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or None
 
 
 def record(name: str, results: Path, configs: list[str]) -> str:
@@ -43,35 +62,39 @@ def record(name: str, results: Path, configs: list[str]) -> str:
     findings = findings.with_columns(
         pl.when(pl.col("reproduced")).then(pl.lit("yes")).when(~pl.col("reproduced")).then(pl.lit("no"))
         .when(undefined).then(pl.lit("undefined")).otherwise(pl.lit("no claim")).alias("reproduced"))
-    points = tables / "sft_points.json"
+    at = commit(results, run_time)
     parts = [f"# Results: the {name} study", "",
              "Written by `docs/results/record.py` from the study's result tables; do not edit by hand.", "",
-             f"- config: {', '.join(configs)}",
+             f"- config: {', '.join(configs)}" + (f"; code at commit {at}" if at else ""),
              "- wall time: " + (f"{run_time['seconds'] / 60:.1f} minutes on {run_time['cores']} cores "
                                 f"(`{' '.join(['python3 tasks.py study', *run_time['arguments']])}`, finished "
                                 f"{run_time['finished']})" if run_time else "not recorded"), ""]
-    if points.exists():
+    for points in sorted(tables.glob("*sft_points.json")):  # one per SFT seed: seed1-sft_points.json
         chosen = json.loads(points.read_text())
-        parts += [f"- chosen after SFT: B = step {chosen['B']}, T = step {chosen['T']}; RL starts from "
-                  + ", ".join(f"{k} ({chosen[k]})" for k in ("before_peak", "peak", "mid_decline", "last")
-                              if chosen.get(k) is not None), ""]
+        seed = points.name.removesuffix("sft_points.json").removesuffix("-")
+        parts += [f"- chosen after SFT{' (' + seed + ')' if seed else ''}: B = step {chosen['B']}, T = step "
+                  f"{chosen['T']}; RL starts from " + ", ".join(f"{k} ({chosen[k]})" for k in
+                  ("before_peak", "peak", "mid_decline", "last") if chosen.get(k) is not None)]
+    parts += [""]
     parts += ["## SFT: accuracy at each checkpoint", "", markdown(sft_curve(tables)), ""]
     recovery = pl.read_parquet(tables / "rl_recovery.parquet").filter(pl.col("rule") == "ood")
     if recovery.height:
         parts += ["## RL and the continued-SFT control: OOD accuracy after, mean over seeds", "",
-                  markdown(recovery.select("algo", pl.col("sft_step").alias("from step"), "n_seeds",
+                  markdown(recovery.select("sft_seed", "algo", pl.col("sft_step").alias("from step"), "n_seeds",
                                            (100 * pl.col("acc_before")).round(1).alias("before %"),
                                            (100 * pl.col("acc_after")).round(1).alias("after %"),
                                            (100 * pl.col("acc_after_se")).round(1).alias("s.e. %"))
-                           .sort("from step", "algo")), ""]
+                           .sort("sft_seed", "from step", "algo", nulls_last=False)
+                           .drop([] if recovery["sft_seed"].drop_nulls().len() else ["sft_seed"])), ""]
     restoration = pl.read_parquet(tables / "restoration.parquet").filter(pl.col("rule") == "ood")
     if restoration.height:
         parts += ["## Restoration edits: OOD accuracy and recovery fraction", "",
-                  markdown(restoration.select("edit", "base", "target", (100 * pl.col("acc_edit")).round(1).alias("edit %"),
+                  markdown(restoration.select("sft_seed", "edit", "base", "target", (100 * pl.col("acc_edit")).round(1).alias("edit %"),
                                               (100 * pl.col("acc_base")).round(1).alias("B %"),
                                               (100 * pl.col("acc_target")).round(1).alias("T %"),
                                               pl.col("recovery").round(2), pl.col("recovery_low").round(2),
-                                              pl.col("recovery_high").round(2))), ""]
+                                              pl.col("recovery_high").round(2))
+                           .drop([] if restoration["sft_seed"].drop_nulls().len() else ["sft_seed"])), ""]
     parts += ["## Findings", "", markdown(findings.select("finding", "claim", "value", "uncertainty", "reproduced", "note")), ""]
     return "\n".join(parts)
 
