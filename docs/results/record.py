@@ -43,6 +43,26 @@ def sft_curve(tables: Path) -> pl.DataFrame:
         "SFT step", *[f"{rule} seed {seed}" for seed in seeds for rule in ("ID", "OOD")])
 
 
+def job_times(results: Path) -> pl.DataFrame | None:
+    """Jobs and job minutes per stage, from the rules' benchmark files beside the results (Snakemake's
+    `benchmark:` directive); RL by algorithm. Jobs of rules without one (spectrum, edits, tables,
+    figures) are not counted here."""
+    root = results.resolve().parent / "benchmarks" / "results"
+    rows = []
+    for tsv in sorted(root.rglob("*.tsv")):
+        stage = tsv.stem.split("-")[-1] if tsv.parent == root else tsv.parent.name  # base, sft | eval, rl, svd
+        if stage == "rl":  # rl/{seed}{algo}-{step}[-s{n}]: the algorithm names the stage
+            stage = "rl: " + next(part for part in tsv.stem.split("-") if part in ("ppo", "grpo", "rloo", "sft_continue"))
+        rows.append({"stage": stage, "seconds": float(pl.read_csv(tsv, separator="\t")["s"][-1])})
+    if not rows:
+        return None
+    table = pl.DataFrame(rows).group_by("stage").agg(pl.len().alias("jobs"), (pl.col("seconds").sum() / 60).alias("minutes"),
+                                                     pl.col("seconds").median().alias("median"))
+    return table.sort("minutes", descending=True).select(
+        "stage", "jobs", pl.col("minutes").round(1).cast(pl.String).alias("job minutes"),
+        pl.col("median").round(0).cast(pl.Int64).alias("median seconds per job"))
+
+
 def commit(results: Path, run_time: dict | None) -> str | None:
     """The commit the study ran at: recorded by tasks.py, else that of the checkout holding the results."""
     if run_time and run_time.get("commit"):
@@ -76,6 +96,11 @@ def record(name: str, results: Path, configs: list[str]) -> str:
                   f"{chosen['T']}; RL starts from " + ", ".join(f"{k} ({chosen[k]})" for k in
                   ("before_peak", "peak", "mid_decline", "last") if chosen.get(k) is not None)]
     parts += [""]
+    times = job_times(results)
+    if times is not None:
+        parts += ["## Where the time goes", "",
+                  "Job time by stage, from the rules' benchmark files (jobs run side by side on the cores; "
+                  "spectrum, edit, table and figure jobs are not in them).", "", markdown(times), ""]
     parts += ["## SFT: accuracy at each checkpoint", "", markdown(sft_curve(tables)), ""]
     recovery = pl.read_parquet(tables / "rl_recovery.parquet").filter(pl.col("rule") == "ood")
     if recovery.height:
