@@ -6,6 +6,8 @@ rule restore:
         temp(directory("results/models/{edit_id}")),
     log:
         "logs/restore/{edit_id}.log",
+    benchmark:
+        "benchmarks/results/restore/{edit_id}.tsv"
     params:
         code=code_of("restore.py"),
         spec=lambda w: canonical(EDIT_SPECS[model_ids.parse(w.edit_id)["algo"]]),

@@ -26,6 +26,8 @@ rule spectrum:
         "results/spectrum/{a}__{b}.parquet",
     log:
         "logs/spectrum/{a}__{b}.log",
+    benchmark:
+        "benchmarks/results/spectrum/{a}__{b}.tsv"
     params:
         code=code_of("spectrum.py"),
         top_share=SPECTRUM["top_share"],

@@ -45,8 +45,8 @@ def sft_curve(tables: Path) -> pl.DataFrame:
 
 def job_times(results: Path) -> pl.DataFrame | None:
     """Jobs and job minutes per stage, from the rules' benchmark files beside the results (Snakemake's
-    `benchmark:` directive); RL by algorithm. Jobs of rules without one (spectrum, edits, tables,
-    figures) are not counted here."""
+    `benchmark:` directive); RL by algorithm. Jobs of rules without one (tables, figures) are not
+    counted here."""
     root = results.resolve().parent / "benchmarks" / "results"
     rows = []
     for tsv in sorted(root.rglob("*.tsv")):
@@ -99,8 +99,8 @@ def record(name: str, results: Path, configs: list[str]) -> str:
     times = job_times(results)
     if times is not None:
         parts += ["## Where the time goes", "",
-                  "Job time by stage, from the rules' benchmark files (jobs run side by side on the cores; "
-                  "spectrum, edit, table and figure jobs are not in them).", "", markdown(times), ""]
+                  "Job time by stage, from the benchmark files of the rules that write one (tables and "
+                  "figures do not); jobs run side by side on the cores.", "", markdown(times), ""]
     parts += ["## SFT: accuracy at each checkpoint", "", markdown(sft_curve(tables)), ""]
     recovery = pl.read_parquet(tables / "rl_recovery.parquet").filter(pl.col("rule") == "ood")
     if recovery.height:
