@@ -7,42 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlheals import cards, limits, models
+import families
+from rlheals import limits, models
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-
-
-def bpe_tokenizer(pad: bool):
-    """A byte-level BPE tokenizer trained here on the study's own text, GPT-2 style: <|endoftext|> as
-    bos/eos and, as GPT-2's ships, no pad token unless asked."""
-    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    ood = cards.Rule("ood", (11, 12, 13), "face_card")
-    corpus = [cards.render_prompt(fmt, ["10", "J", "Q", "K"], ood, 24) for fmt in ("paper", "compact")]
-    corpus += ["You failed this trial because your steps end at 23, not 24.", "10 * 11 = 110 ; 110 - 12 = 98 ;"]
-    bpe = Tokenizer(tok_models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, **special, **({"pad_token": "<|endoftext|>"} if pad else {}))
-    tokenizer.chat_template = TEMPLATE
-    return tokenizer
-
-
-def gpt2_dir(path: Path, n_positions: int, pad: bool = False) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tokenizer = bpe_tokenizer(pad)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=16, n_layer=2, n_head=2,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    GPT2LMHeadModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def gpt2_dir(path: Path, n_positions: int) -> Path:
+    """A tiny GPT-2 checkpoint (learned positions; a tokenizer without a pad token, as GPT-2's ships)."""
+    return families.write("gpt2", path, positions=n_positions)
 
 
 def study(**changes) -> dict:
@@ -62,7 +33,7 @@ def test_a_tokenizer_without_a_pad_token_pads_with_its_end_of_sequence_token(tmp
     batch = tokenizer(["a", "a longer one"], padding=True)
     assert all(isinstance(i, int) for row in batch["input_ids"] for i in row)
     assert limits.pad_token_fallback(tokenizer) is None  # already there: nothing to do
-    assert limits.pad_token_fallback(bpe_tokenizer(pad=True)) is None
+    assert limits.pad_token_fallback(families.tokenizer("qwen25")) is None
 
 
 def test_learned_positions_too_short_for_the_longest_conversation_are_refused_with_the_numbers(tmp_path):
@@ -83,7 +54,7 @@ def test_rotary_positions_past_their_limit_give_a_warning_not_an_error(tmp_path)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     src = tmp_path / "llama"
-    tokenizer = bpe_tokenizer(pad=False)
+    tokenizer = families.tokenizer("llama3")
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
     LlamaForCausalLM(config).save_pretrained(src)
