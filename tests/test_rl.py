@@ -128,6 +128,27 @@ def test_ppo_forward_by_length_groups_equals_one_padded_batch_with_its_gradients
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_ppo_answer_logprobs_equal_each_sequence_scored_alone():
+    """The answers' log-probabilities (logits computed at the answers' positions only) against a reference:
+    each sequence alone, unpadded, through the full forward, its answer's tokens read from every logit."""
+    from rlheals import pretrain
+
+    tokenizer = models.build_tokenizer(pretrain.vocabulary(24))
+    model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                                                "num_heads": 2, "num_kv_heads": 1, "max_positions": 512}, seed=0)
+    g = torch.Generator().manual_seed(1)
+    steps = [ppo.Step(torch.randint(3, 50, (n,), generator=g).tolist(), torch.randint(3, 50, (a,), generator=g).tolist(), 0.0, "")
+             for n, a in [(20, 5), (60, 8), (23, 1), (64, 6)]]
+    with torch.no_grad():
+        logprobs, mask, _ = ppo._forward(model, ppo.value_head(32), steps, 0.7, tokenizer.pad_token_id)
+        for row, step in enumerate(steps):
+            logits = model(input_ids=torch.tensor([step.prompt + step.answer])).logits[0] / 0.7
+            at = range(len(step.prompt) - 1, len(step.prompt) - 1 + len(step.answer))
+            alone = torch.log_softmax(logits[list(at)], -1).gather(1, torch.tensor(step.answer)[:, None]).squeeze(1)
+            assert mask[row].sum() == len(step.answer)
+            torch.testing.assert_close(logprobs[row, : len(step.answer)], alone, rtol=1e-5, atol=1e-5)
+
+
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -138,12 +138,15 @@ def _forward_padded(model, head, steps: Sequence[Step], temperature: float, pad:
     device = model.device
     ids = torch.tensor([q + [pad] * (width - len(q)) for q in seqs], device=device)
     attention = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device)
-    out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True)
     # The answer's token j is predicted at position len(prompt) - 1 + j.
     starts = torch.tensor([len(s.prompt) - 1 for s in steps], device=device)
     positions = (starts[:, None] + torch.arange(longest, device=device)[None, :]).clamp(max=width - 2)
     targets = ids.gather(1, positions + 1)
-    logits = out.logits.gather(1, positions[..., None].expand(-1, -1, out.logits.shape[-1])).float() / temperature
+    # Logits at the answers' positions only (transformers slices the hidden states per row before the LM
+    # head): the prompt's logits, most of the sequence, would cost a vocabulary-wide projection and its
+    # gradient for nothing.
+    out = model(input_ids=ids, attention_mask=attention, output_hidden_states=True, logits_to_keep=positions)
+    logits = out.logits.float() / temperature
     logprobs = torch.log_softmax(logits, -1).gather(2, targets[..., None]).squeeze(-1)
     mask = torch.tensor([[1.0] * len(s.answer) + [0.0] * (longest - len(s.answer)) for s in steps], device=device)
     # The critic reads the policy's features but does not train them: the policy moves by the policy
@@ -385,7 +388,7 @@ def run(*, job: Job, task: Task, settings: RLSettings) -> list[dict]:
         log(f"resuming from {resume}")
         done, log_rows = trainer.load(resume), checkpoints.load_rows(work, checkpoints.step_of(resume))
     else:
-        done, log_rows = 0, [{"update": 0, **probe(model, tokenizer)}] if main else []
+        done, log_rows = 0, [{"update": 0, **(probe(model, tokenizer) if settings.probe.due(0, updates) else {})}] if main else []
         if main:
             checkpoints.save_rows(work, log_rows)
     every = checkpoints.checkpoint_every(updates)
@@ -398,7 +401,7 @@ def run(*, job: Job, task: Task, settings: RLSettings) -> list[dict]:
         scored = [pair for share in launch.gather_objects([(t.category, t.reward) for t in steps]) for pair in share]
         if main:
             row = {"update": update, **rl.verdict_summary(scored), **trainer.stats}
-            if update % settings.probe.every == 0 or update == updates:
+            if settings.probe.due(update, updates):
                 row.update(probe(model, tokenizer))
             log_rows.append(row)
             checkpoints.save_rows(work, log_rows)
