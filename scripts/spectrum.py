@@ -2,16 +2,19 @@
 
 import polars as pl
 import torch
-from safetensors.torch import load_file
 
-from rlheals import matrices, runlog, spectrum
+from rlheals import models, runlog, spectrum
 
 log = runlog.setup(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 a, b = snakemake.wildcards.a, snakemake.wildcards.b
-(weights_a, layout_a), (weights_b, layout_b) = matrices.load(snakemake.input.model_a), matrices.load(snakemake.input.model_b)
-rows = spectrum.compare_models(weights_a, weights_b, load_file(snakemake.input.svd_a), load_file(snakemake.input.svd_b),
-                               snakemake.params.top_share, (layout_a, layout_b), models=(a, b))
+# Each model's layout comes with its SVD cache: no module tree to build (no transformers import).
+(svds_a, layout_a), (svds_b, layout_b) = spectrum.read_svds(snakemake.input.svd_a), spectrum.read_svds(snakemake.input.svd_b)
+weights_a, weights_b = models.load_weights(snakemake.input.model_a), models.load_weights(snakemake.input.model_b)
+layout_a.check(weights_a, snakemake.input.model_a)
+layout_b.check(weights_b, snakemake.input.model_b)
+rows = spectrum.compare_models(weights_a, weights_b, svds_a, svds_b, snakemake.params.top_share, (layout_a, layout_b),
+                               models=(a, b))
 table = pl.DataFrame(rows, schema_overrides={"layer": pl.Int64, "rank_index": pl.Int64}).select(
     pl.lit(a).alias("a"), pl.lit(b).alias("b"), pl.all())
 runlog.write_atomic(snakemake.output[0], table.write_parquet)

@@ -110,6 +110,24 @@ def test_every_family_maps_to_the_same_labels_as_out_by_in_matrices(checkpoints)
         assert layout.layers == 2 and layout.layer_of(next(m.tensor for m in layout.matrices if m.layer == 1)) == 1
 
 
+def test_an_svd_cache_carries_its_layout_and_an_old_cache_is_refused(checkpoints, tmp_path):
+    for family in ("gpt2", "mllama"):  # fused, transposed parts; a prefixed vision checkpoint
+        weights, layout = loaded(checkpoints[family][0])
+        svds = spectrum.svd_model(weights, layout)
+        spectrum.write_svds(tmp_path / f"{family}.safetensors", svds, layout)
+        back, read_layout = spectrum.read_svds(tmp_path / f"{family}.safetensors")
+        assert read_layout == layout and back.keys() == svds.keys(), family
+        assert all(torch.equal(m.read(weights), r.read(weights)) for m, r in zip(layout.matrices, read_layout.matrices))
+        read_layout.check(weights, family)
+        with pytest.raises(ValueError, match=r"other: its weights lack .*tensor"):
+            read_layout.check([k for k in weights if k != layout.matrices[0].tensor], "other")
+    from safetensors.torch import save_file
+
+    save_file(svds, tmp_path / "old.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="old.safetensors: an SVD cache without its layout"):
+        spectrum.read_svds(tmp_path / "old.safetensors")
+
+
 def test_gpt2_conv1d_thirds_are_the_q_k_v_maps_the_model_computes(checkpoints):
     from transformers import GPT2LMHeadModel
 

@@ -18,9 +18,10 @@ edited, key by key."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Leaf name (the last two components of a module's path in its layer, then the last) -> label.
@@ -71,6 +72,22 @@ class Layout:
     layer_prefix: str  # the file names of layer i begin with f"{layer_prefix}{i}."
     layers: int
     embed: str  # the input embedding's tensor
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Layout:
+        fields = json.loads(text)
+        matrices = tuple(Matrix(**{**m, "part": tuple(m["part"]) if m["part"] else None}) for m in fields.pop("matrices"))
+        return cls(matrices=matrices, **fields)
+
+    def check(self, names: Iterable[str], what: str) -> None:
+        """An error naming the tensors of this layout that `what`'s weights do not hold."""
+        missing = sorted({m.tensor for m in self.matrices} - set(names))
+        if missing:
+            raise ValueError(f"{what}: its weights lack {len(missing)} tensor(s) of the layout it was analysed "
+                             f"with: {', '.join(missing[:5])}")
 
     def layer_of(self, tensor: str) -> int | None:
         m = re.match(re.escape(self.layer_prefix) + r"(\d+)\.", tensor)

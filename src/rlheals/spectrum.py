@@ -27,6 +27,27 @@ def svd_model(weights: Mapping[str, "torch.Tensor"], layout: Layout) -> dict[str
     return out
 
 
+def write_svds(path, svds: Mapping[str, "torch.Tensor"], layout: Layout) -> None:
+    """The SVD cache of one model, with the layout it was computed on: the pairs and edits that read the
+    cache take the layout from it instead of building the model's module tree again."""
+    from safetensors.torch import save_file
+
+    save_file(dict(svds), str(path), metadata={"format": "pt", "layout": layout.to_json()})
+
+
+def read_svds(path) -> tuple[dict[str, "torch.Tensor"], Layout]:
+    """An SVD cache and its layout (`write_svds`)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        text = (f.metadata() or {}).get("layout")
+    if text is None:
+        raise ValueError(f"{path}: an SVD cache without its layout (written by an older version): delete it to "
+                         "have it computed again")
+    return load_file(str(path)), Layout.from_json(text)
+
+
 def factors(svds: Mapping[str, "torch.Tensor"], name: str):
     return svds[f"{name}.U"], svds[f"{name}.S"], svds[f"{name}.Vh"]
 
