@@ -342,6 +342,20 @@ def run_algo(algo: str, s: dict, root: Path, log=print) -> list[dict]:
     return rl.run(algo, job=job, task=task, settings=rl_settings(algo, s["settings"], s["cfg"]["sft"]))
 
 
+@pytest.mark.parametrize("algo", ["ppo", "grpo", "sft_continue"])
+def test_probe_every_0_runs_no_probe(algo, rl_setup, tmp_path):
+    calls = []
+    probe = rl_setup["probe"]
+    counted = {**rl_setup, "probe": lambda model, tokenizer: calls.append(1) or probe(model, tokenizer)}
+    with_probe = run_algo(algo, counted, tmp_path / "every2")
+    assert len(calls) == 3 and "probe_ood_accuracy" in with_probe[0]  # updates 0, 2 and the last (3)
+    calls.clear()
+    off = {**counted, "settings": {**counted["settings"], "probe": {"every": 0, "episodes": 2}}}
+    rows = run_algo(algo, off, tmp_path / "off")
+    assert calls == [] and [r["update"] for r in rows] == [0, 1, 2, 3]
+    assert not any(k.startswith("probe_") for r in rows for k in r)
+
+
 def weights_of(root: Path) -> dict[str, str]:
     return {p.name: sha256(p / "model.safetensors") for p in sorted((root / "models").iterdir())}
 

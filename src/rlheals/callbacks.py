@@ -63,23 +63,23 @@ class LogLosses(TrainerCallback):
 
 class UpdateLog(TrainerCallback):
     """After each RL update of `job`: a log row (the reward and its verdict categories from `reward`, the
-    probe's accuracies every `probe_every` updates and at the end), kept in the job's work directory for a
-    resumed run. `rows` holds the rows of a resumed run so far and receives the new ones."""
+    probe's accuracies when `schedule` (rl.probe) says so), kept in the job's work directory for a resumed
+    run. `rows` holds the rows of a resumed run so far and receives the new ones."""
 
-    def __init__(self, job: Job, reward, probe, probe_every: int, tokenizer, rows: list):
-        self.reward, self.probe, self.probe_every, self.tokenizer = reward, probe, probe_every, tokenizer
+    def __init__(self, job: Job, reward, probe, schedule, tokenizer, rows: list):
+        self.reward, self.probe, self.schedule, self.tokenizer = reward, probe, schedule, tokenizer
         self.rows, self.work, self.log = rows, job.work, job.log
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not self.rows:  # a resumed run has its rows from before the kill
-            self.rows.append({"update": 0, **self.probe(model, self.tokenizer)})
+            self.rows.append({"update": 0, **(self.probe(model, self.tokenizer) if self.schedule.due(0, args.max_steps) else {})})
             if state.is_world_process_zero:
                 checkpoints.save_rows(self.work, self.rows)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         update = state.global_step
         row = {"update": update, **(self.reward.drain() if self.reward else {})}
-        if update % self.probe_every == 0 or update == args.max_steps:
+        if self.schedule.due(update, args.max_steps):
             row.update(self.probe(model, self.tokenizer))
         self.rows.append(row)
         if state.is_world_process_zero:

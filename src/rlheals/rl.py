@@ -166,7 +166,7 @@ def run_trl(algo: str, *, job: Job, task: Task, settings: RLSettings) -> list[di
         train_dataset=datasets.Dataset.from_list(prompt_rows(task.train, task.rules, task.fmt)),
         processing_class=tokenizer,
     )
-    for callback in (UpdateLog(job, reward, task.probe, settings.probe.every, tokenizer, log_rows),
+    for callback in (UpdateLog(job, reward, task.probe, settings.probe, tokenizer, log_rows),
                      Checkpoints(trainer, settings.updates, job.work, job.outputs, job.log)):
         trainer.add_callback(callback)
     trainer.remove_callback(PrinterCallback)
@@ -185,7 +185,7 @@ def run_control(*, job: Job, task: Task, settings: ControlSettings) -> list[dict
     from rlheals.callbacks import UpdateLog
 
     probe_rows = checkpoints.load_rows(job.work, checkpoints.step_of(checkpoints.last_checkpoint(job.work)))
-    callback = UpdateLog(job, None, task.probe, settings.probe.every, models.load_tokenizer(job.start), probe_rows)
+    callback = UpdateLog(job, None, task.probe, settings.probe, models.load_tokenizer(job.start), probe_rows)
     losses = sft.run(job=job, task=task, settings=settings.sft, callbacks=[callback])
     by_update = {r["update"]: r for r in probe_rows}
     for loss in losses:
