@@ -146,6 +146,19 @@ def test_study_lists_runs_models_pairs_and_edits():
     assert set(study.edit_inputs("edit-layers25")) == {"base", "target"}  # a layer reset needs no SVD
 
 
+def test_sft_vs_rl_n_compares_the_rl_models_of_the_first_n_rl_seeds_only():
+    config = explicit_config()
+    every = workflow.Study(config).spectrum_pairs
+    config["spectrum"]["sft_vs_rl"] = 1
+    first = workflow.Study(config).spectrum_pairs
+    assert ("sft-100", "rl-grpo-100-s1") in first and ("sft-100", "rl-grpo-100-s2") in every
+    assert {b for _, b in every if b.startswith("rl-")} - {b for _, b in first if b.startswith("rl-")} == {
+        model_ids.rl(run) for run in workflow.Study(config).rl_runs if model_ids.parse_rl_run(run).seed > 1}
+    assert [p for p in every if not p[1].startswith("rl-")] == [p for p in first if not p[1].startswith("rl-")]
+    config["spectrum"]["sft_vs_rl"] = False
+    assert not any(b.startswith("rl-") for _, b in workflow.Study(config).spectrum_pairs)
+
+
 @pytest.mark.parametrize("edit, words", [
     (lambda c: c["restore"]["edits"].append(dict(c["restore"]["edits"][0])), "edit names must be unique"),
     (lambda c: c["restore"]["edits"][0].update(base="sft-999"), "restore.edits.dirs_top20.base: 'sft-999' is not a model"),

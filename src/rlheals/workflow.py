@@ -169,9 +169,11 @@ class Study:
         if best is not None:
             self.known_model(sft(best), "spectrum.best_ood_step")
             pairs += [(sft(best), sft(s)) for s in self.sft_steps if s > best]
-        if spectrum["sft_vs_rl"]:
+        compared = spectrum["sft_vs_rl"]  # true: every RL seed; N: RL seeds 1..N
+        if compared:
             pairs += [(model_ids.rl_start(run), model_ids.rl(run)) for run in self.rl_runs
-                      if model_ids.parse_rl_run(run).sft_seed == sft_seed]
+                      if model_ids.parse_rl_run(run).sft_seed == sft_seed
+                      and (compared is True or model_ids.parse_rl_run(run).seed <= compared)]
         for i, (a, b) in enumerate(spectrum["pairs"]):
             a, b = self.resolve(a, sft_seed), self.resolve(b, sft_seed)
             if a is not None and b is not None:
