@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from rlheals import model_ids
+from rlheals import resources as sizing
 from rlheals.report import FIGURES, SFT_LOG_FILES, SPECTRUM_PAIR_FILES
 from rlheals.workflow import SPLITS, TEST_SPLITS, Study, canonical, code_hash
 
@@ -26,6 +27,21 @@ def job_threads(n):
     """A job's threads: `n`, or one for the tiny model, whose jobs gain little from a second thread
     (start-up and per-operator overhead are most of their time) and run two side by side instead."""
     return 1 if config["model"]["source"] == "tiny" else n
+
+
+def sized(name):
+    """A cluster job's memory and runtime, from the model and the job's token counts (rlheals.resources):
+    more on a retry, capped by RLHEALS_MAX_MEM_MB and RLHEALS_MAX_RUNTIME."""
+
+    def algo(wildcards):
+        return model_ids.parse_rl_run(wildcards.rl_run).algo if name == "rl" else None
+
+    return {
+        "mem_mb": lambda wildcards, attempt: sizing.mem_mb(name, config, attempt),
+        "runtime": lambda wildcards, threads, attempt: sizing.runtime(
+            name, config, attempt, algo=algo(wildcards), threads=threads
+        ),
+    }
 
 
 def sft_seed_of(wildcards):

@@ -14,6 +14,8 @@ rule evaluate:
     # Two tiny-model evaluations side by side finish sooner than one after the other with two threads
     # (benchmarks/eval_threads.py); the answers are the same either way.
     threads: job_threads(4)
+    resources:
+        **sized("evaluate"),
     conda:
         "../envs/analysis.yaml"
     script:

@@ -12,6 +12,8 @@ rule restore:
         code=code_of("restore.py"),
         spec=lambda w: canonical(EDIT_SPECS[model_ids.parse(w.edit_id)["algo"]]),
     threads: job_threads(8)
+    resources:
+        **sized("restore"),
     conda:
         "../envs/analysis.yaml"
     script:

@@ -16,6 +16,8 @@ rule rl:
         code=code_of("rl.py"),
         cfg=lambda w: canonical(study.rl_slice(w.rl_run)),
     threads: job_threads(8)
+    resources:
+        **sized("rl"),
     conda:
         "../envs/train.yaml"
     script:

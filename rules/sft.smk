@@ -16,6 +16,8 @@ rule sft:
         code=code_of("sft.py"),
         cfg=lambda w: canonical(study.sft_slice(sft_seed_of(w))),
     threads: 8
+    resources:
+        **sized("sft"),
     conda:
         "../envs/train.yaml"
     script:

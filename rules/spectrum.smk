@@ -10,6 +10,8 @@ rule svd:
     threads: job_threads(8)
     params:
         code=code_of("svd.py"),
+    resources:
+        **sized("svd"),
     conda:
         "../envs/analysis.yaml"
     script:
@@ -32,6 +34,8 @@ rule spectrum:
         code=code_of("spectrum.py"),
         top_share=SPECTRUM["top_share"],
     threads: job_threads(8)
+    resources:
+        **sized("spectrum"),
     conda:
         "../envs/analysis.yaml"
     script:

@@ -15,6 +15,7 @@ import yaml
 
 import families
 from conftest import ROOT, Workflow
+from rlheals import config as config_files
 from rlheals import data, episodes, evaluate, limits, matrices, models, restore, rl, sft, spectrum
 from rlheals.jobs import Job, Task
 from rlheals.settings import SFTSettings, rl_settings
@@ -47,18 +48,10 @@ restore:
 """
 
 
-def merged(base: dict, over: dict) -> dict:
-    """Snakemake's merge of config files: mappings key by key, anything else replaced."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def study_config(source: Path) -> dict:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     for overlay in ((ROOT / "config" / "smoke.yaml").read_text(), STUDY.format(path=source)):
-        config = merged(config, yaml.safe_load(overlay))
+        config = config_files.merged(config, yaml.safe_load(overlay))
     return config
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SNAKEMAKE
+from rlheals import config as config_files
+from rlheals import costs, resources
 
 STUBS = {
     "sbatch": r'''
@@ -197,7 +199,7 @@ def cluster(tmp_path_factory) -> Cluster:
     return Cluster(tmp_path_factory.mktemp("slurm"))
 
 
-def run_profile(workflow, cluster, *args, env=None, check=True) -> subprocess.CompletedProcess:
+def run_profile(workflow, cluster, *args, env=None, check=True, configfile="config/smoke.yaml") -> subprocess.CompletedProcess:
     """`snakemake --profile slurm` as a user runs it: no --cores (that would cap every job's threads)."""
     # Status checks every second instead of every 40 s (a cluster setting, not the profile's business).
     cmd = [
@@ -208,7 +210,7 @@ def run_profile(workflow, cluster, *args, env=None, check=True) -> subprocess.Co
         "--slurm-init-seconds-before-status-checks",
         "1",
         "--configfile",
-        "config/smoke.yaml",
+        configfile,
     ]
     proc = subprocess.run(
         cmd, cwd=workflow.path, env={**cluster.env, **(env or {})}, capture_output=True, text=True
@@ -302,19 +304,21 @@ def test_training_and_evaluation_jobs_ask_for_gpus_on_the_gpu_partition(workflow
         assert call["state"] == "REJECTED"
     # GPU jobs: the GPU partition, the GPU model, one node's GPUs for training; CPUs as set-threads says.
     assert (sft["-p"], sft["--gpus"], sft["--cpus-per-task"]) == ("gpu", "a100:8", "32")
-    assert (sft["--mem"], sft["-t"]) == ("512000", "240")
     assert (evaluate["-p"], evaluate["--gpus"], evaluate["--cpus-per-task"]) == ("gpu", "a100:1", "8")
-    assert (evaluate["--mem"], evaluate["-t"]) == ("96000", "120")
+    # Sized from the smoke study's tiny model: the shortest runtime, and the host's overhead per rank.
+    assert sft["-t"] == evaluate["-t"] == svd["-t"] == str(resources.MIN_RUNTIME)
+    assert 8 * 8000 <= int(sft["--mem"]) < 8 * 8000 + 100 and 8000 <= int(evaluate["--mem"]) < 8100
     # The SVD is a CPU job on the CPU partition.
-    assert (svd["-p"], svd["--cpus-per-task"], svd["--ntasks"], svd["--mem"]) == ("cpu", "16", "1", "96000")
-    assert "--gpus" not in svd
+    assert (svd["-p"], svd["--cpus-per-task"], svd["--ntasks"]) == ("cpu", "16", "1") and "--gpus" not in svd
+    assert 8000 <= int(svd["--mem"]) < 8100
 
     # RL from a finished SFT step, with RLHEALS_TRAIN_GPUS for smaller nodes and no GPU model asked for.
     fake_upstream(workflow.path, SFT)
     site |= {"RLHEALS_TRAIN_GPUS": "4", "SLURM_GPU_MODEL": ""}
     run_profile(workflow, cluster, "results/models/rl-ppo-6", "--retries", "0", env=site, check=False)
     (rl,) = cluster.submissions("rl")
-    assert (rl["-p"], rl["--gpus"], rl["--cpus-per-task"], rl["--mem"]) == ("gpu", "4", "16", "256000")
+    assert (rl["-p"], rl["--gpus"], rl["--cpus-per-task"]) == ("gpu", "4", "16")
+    assert 4 * 8000 <= int(rl["--mem"]) < 4 * 8000 + 100  # memory for the job's 4 ranks
     assert "--target-jobs" in wrapped(rl) and "rl:rl_run=ppo-6" in wrapped(rl)
 
 
@@ -359,18 +363,87 @@ def test_unset_site_variables_leave_account_and_partition_to_the_plugin(monkeypa
     assert site["set-resources"]["sft"]["gpu_model"] == "'h100'"
 
 
-def test_profile_runtimes_cover_the_estimated_worst_case_of_each_gpu_job(monkeypatch):
-    # benchmarks/gpu_hours.py's bound (every try to max_new_tokens) on A100s, for one job of each stage.
-    gpu_hours = import_gpu_hours(monkeypatch)
-    runtime = {
-        rule: eval(str(res["runtime"]), {"attempt": 1})
-        for rule, res in rendered_profile(monkeypatch, {})["set-resources"].items()
-        if "runtime" in res
-    }
-    for configfile in sorted((ROOT / "config").glob("paper-*.yaml")):
-        rows = gpu_hours.estimate(configfile, counts={})["rows"][("A100-80GB", "bound")]
-        for row in rows:
-            assert runtime[row["rule"]] >= 2 * 60 * row["wall_hours_per_job"], (configfile.name, row["stage"])
+def paper_config(name: str) -> dict:
+    """A paper config as the workflow reads it: merged over config/config.yaml, defaults filled."""
+    import snakemake.utils
+
+    cfg = config_files.read(ROOT / "config" / "config.yaml", ROOT / "config" / name)
+    snakemake.utils.validate(cfg, str(ROOT / "config" / "schema.yaml"))
+    return cfg
+
+
+def smoke_config() -> dict:
+    return paper_config("smoke.yaml")
+
+
+@pytest.mark.parametrize("name", ["paper-qwen2.5-7b.yaml", "paper-llama-3.2-11b.yaml"])
+def test_jobs_are_sized_from_the_model_and_ask_more_on_a_retry(name, monkeypatch):
+    for variable in (*resources.CAPS.values(), "RLHEALS_TRAIN_GPUS"):
+        monkeypatch.delenv(variable, raising=False)
+    cfg, smoke = paper_config(name), smoke_config()
+    bound = costs.estimate(cfg, {"sft": 8, "rl": 8, "evaluate": 1})["rows"][(costs.REFERENCE_GPU, "bound")]
+    for row in bound:  # at least twice the worst case of one job on the slower GPU
+        minutes = resources.runtime(row["rule"], cfg, 1, algo=row["algo"])
+        assert minutes >= max(2 * 60 * row["wall_hours_per_job"], resources.MIN_RUNTIME), (name, row["stage"])
+        assert resources.runtime(row["rule"], cfg, 2, algo=row["algo"]) == 2 * minutes
+    disk = costs.disk_and_svd(costs.architecture(cfg))
+    assert resources.mem_mb("spectrum", cfg, 1) * 1e6 >= 2 * (disk["model_bytes"] + disk["svd_bytes"])
+    for rule in resources.SIZED:
+        paper, tiny = resources.mem_mb(rule, cfg, 1), resources.mem_mb(rule, smoke, 1)
+        assert paper > tiny, rule  # a 7B model asks for more than the smoke study's tiny one
+        # CPU jobs fail by memory and ask for more on a retry; GPU jobs keep theirs (they fail by time).
+        assert resources.mem_mb(rule, cfg, 2) == (2 * paper if rule in resources.CPU_RULES else paper), rule
+    assert resources.runtime("rl", cfg, 1, algo="ppo") > resources.runtime("rl", cfg, 1, algo="sft_continue")
+    assert resources.runtime("svd", cfg, 1, threads=16) < resources.runtime("svd", cfg, 1, threads=1)
+    monkeypatch.setenv("RLHEALS_TRAIN_GPUS", "4")  # fewer ranks hold fewer copies of the weights
+    assert resources.mem_mb("sft", cfg, 1) < resources.mem_mb("evaluate", cfg, 1) * 8 and resources.gpus("rl") == 4
+
+
+def test_the_partition_limits_cap_every_ask_with_a_warning(monkeypatch, capsys):
+    cfg = paper_config("paper-qwen2.5-7b.yaml")
+    monkeypatch.setenv("RLHEALS_MAX_RUNTIME", "600")
+    monkeypatch.setenv("RLHEALS_MAX_MEM_MB", "100000")
+    assert resources.runtime("rl", cfg, 3, algo="ppo") == 600 and resources.mem_mb("restore", cfg, 1) == 100000
+    assert resources.mem_mb("evaluate", cfg, 1) < 100000  # an ask under the cap is left as it is
+    warned = capsys.readouterr().err
+    assert "a rl job would ask for" in warned and "RLHEALS_MAX_RUNTIME=600 caps it" in warned
+    assert "RLHEALS_MAX_MEM_MB=100000" in warned
+    monkeypatch.setenv("RLHEALS_MAX_MEM_MB", "100G")
+    with pytest.raises(ValueError, match="RLHEALS_MAX_MEM_MB='100G': expected a positive whole number"):
+        resources.mem_mb("svd", cfg, 1)
+
+
+def test_the_profile_gives_training_jobs_the_gpus_the_rules_size_them_for(monkeypatch):
+    for gpus in ("8", "2"):
+        profile = rendered_profile(monkeypatch, {"RLHEALS_TRAIN_GPUS": gpus})
+        assert profile["set-resources"]["sft"]["gpu"] == profile["set-resources"]["rl"]["gpu"] == int(gpus)
+        assert resources.gpus("sft") == resources.gpus("rl") == int(gpus) and resources.gpus("evaluate") == 1
+        # The sized rules' memory and runtime are the rules' own: the profile does not override them.
+        assert not {"mem_mb", "runtime"} & {k for r in resources.SIZED for k in profile["set-resources"].get(r, {})}
+
+
+def test_a_paper_config_reaches_sbatch_with_its_sizes_capped_by_the_partition(workflow, cluster):
+    # The paper config through the real submit path: stand-ins for the data and the imported base model,
+    # and no model directory on this machine (the published architecture sizes the jobs).
+    site = {"SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu", "STUB_REJECT": "sft,evaluate,svd",
+            "RLHEALS_MAX_RUNTIME": "2880", "RLHEALS_MAX_MEM_MB": "1000000"}
+    fake_upstream(workflow.path, [*DATA, "results/models/base/"])
+    targets = ("results/models/sft-10", "results/eval/base.parquet", "results/svd/base.safetensors")
+    proc = run_profile(workflow, cluster, *targets, "--retries", "0", env=site, check=False,
+                       configfile="config/paper-qwen2.5-7b.yaml")
+    assert proc.returncode != 0 and "Requested node configuration is not available" in proc.stderr
+    cfg = paper_config("paper-qwen2.5-7b.yaml")
+    (sft,), (evaluate,), (svd,) = (cluster.submissions(rule) for rule in ("sft", "evaluate", "svd"))
+    asks = {}
+    for rule, call in (("sft", sft), ("evaluate", evaluate), ("svd", svd)):
+        asks[rule] = (int(call["--mem"]), int(call["-t"]))
+        threads = int(call["--cpus-per-task"])
+        assert asks[rule] == (min(resources.mem_mb(rule, cfg, 1), 1000000),
+                              min(resources.runtime(rule, cfg, 1, threads=threads), 2880)), rule
+    # A 7B model: the SFT job's 8 ranks ask for their copies of the weights, the SVD job for the model and
+    # its float32 SVD; the smoke study's asks are the floors.
+    assert asks["sft"][0] > 8 * 2 * 14_000 and asks["svd"][0] > 40_000 and asks["evaluate"][0] > 20_000
+    assert asks["sft"][1] > resources.MIN_RUNTIME
 
 
 def import_gpu_hours(monkeypatch):

@@ -14,6 +14,22 @@ class ConfigError(ValueError):
     pass
 
 
+def merged(base: Mapping, over: Mapping) -> dict:
+    """Snakemake's merge of config files: mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
+
+
+def read(*paths: str | Path) -> dict:
+    """Config files merged in order, as `snakemake --configfile` merges them (schema defaults not filled)."""
+    config: dict = {}
+    for path in paths:
+        config = merged(config, yaml.safe_load(Path(path).read_text()) or {})
+    return config
+
+
 def _dotted(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
