@@ -10,12 +10,15 @@ from rlheals.settings import rl_settings
 from rlheals.verify import Verifier
 
 
-def trainer_and_steps(deepspeed=None):
-    """A tiny policy, its PPO trainer (the policy under DeepSpeed when named) and 24 tries of made-up
-    prompts, answers, values and advantages."""
-    tokenizer = models.build_tokenizer(pretrain.vocabulary(24))
-    model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
-                                                "num_heads": 2, "num_kv_heads": 1, "max_positions": 128}, seed=3)
+def trainer_and_steps(deepspeed=None, model_dir=None):
+    """A tiny policy (or the model in `model_dir`), its PPO trainer (the policy under DeepSpeed when
+    named) and 24 tries of made-up prompts, answers, values and advantages."""
+    if model_dir:
+        model, tokenizer = models.load_model(model_dir, dtype=torch.float32), models.load_tokenizer(model_dir)
+    else:
+        tokenizer = models.build_tokenizer(pretrain.vocabulary(24))
+        model = models.build_tiny_model(tokenizer, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                                                    "num_heads": 2, "num_kv_heads": 1, "max_positions": 128}, seed=3)
     settings = rl_settings("ppo", {"lr": 1e-3, "lr_scheduler": "constant", "prompts_per_update": 1, "num_generations": 1,
                                    "probe": {"every": 1, "episodes": 1}, "updates": 4, "kl_coef": 0.0, "max_grad_norm": 1.0,
                 "temperature": 1.0, "verify_turns": 2, "max_new_tokens": 8,
@@ -48,7 +51,7 @@ if __name__ == "__main__":
     from rlheals import launch
 
     launch.join_workers()
-    trainer, steps = trainer_and_steps(os.environ.get("PPO_WORKER_DEEPSPEED"))
+    trainer, steps = trainer_and_steps(os.environ.get("PPO_WORKER_DEEPSPEED"), os.environ.get("PPO_WORKER_MODEL"))
     rank, world = launch.rank(), launch.world_size()
     # Worker r takes tries r, r + world, ...: its share of each minibatch of 8 is 8 / world tries.
     weights = train(trainer, steps[rank::world])

@@ -110,3 +110,31 @@ def test_two_ppo_workers_take_the_step_one_process_takes_on_all_the_tries(monkey
     trainer, steps = ppo_worker.trainer_and_steps()
     half = ppo_worker.train(trainer, steps[::2])  # one worker's share alone
     assert not all(torch.allclose(half[k], two[k], atol=1e-6) for k in half)
+
+
+def test_two_ppo_workers_train_a_vision_models_text_and_leave_its_cross_attention_as_it_was(monkeypatch, tmp_path):
+    """Llama-3.2-Vision's text model: its cross-attention layers take no part in a text-only forward pass
+    and get no gradient. The two workers still sync every weight (a skipped one as zeros), end where one
+    process ends, and leave those layers bit-identical."""
+    import torch
+
+    import families
+    import ppo_worker
+
+    model_dir = families.write("mllama", tmp_path / "mllama", seed=0)
+    out = tmp_path / "weights.pt"
+    monkeypatch.setenv("PPO_WORKER_OUT", str(out))
+    monkeypatch.setenv("PPO_WORKER_MODEL", str(model_dir))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert launch.run_as_workers(2, ppo_worker.__file__, log=lambda _: None)
+    two = torch.load(out)
+    trainer, steps = ppo_worker.trainer_and_steps(model_dir=model_dir)
+    cross = {i for i in trainer.model.config.cross_attention_layers}
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    one = ppo_worker.train(trainer, steps)
+    assert torch.allclose(two.pop("stats"), torch.tensor(list(trainer.stats.values())), atol=1e-5)
+    assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], atol=1e-6) for k in one)
+    in_cross = [k for k in before if any(f"layers.{i}." in k for i in cross)]
+    assert in_cross and all(torch.equal(two[k], before[k]) for k in in_cross)
+    moved = [k for k in before if k not in in_cross and not torch.equal(two[k], before[k])]
+    assert any("self_attn" in k for k in moved)  # the self-attention layers did train
