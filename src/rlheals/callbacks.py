@@ -72,7 +72,8 @@ class UpdateLog(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not self.rows:  # a resumed run has its rows from before the kill
-            self.rows.append({"update": 0, **(self.probe(model, self.tokenizer) if self.schedule.due(0, args.max_steps) else {})})
+            probed = self.probe(model, self.tokenizer) if self.schedule.due(0, args.max_steps) else {}
+            self.rows.append({"update": 0, **probed})
             if state.is_world_process_zero:
                 checkpoints.save_rows(self.work, self.rows)
 

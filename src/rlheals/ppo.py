@@ -388,7 +388,8 @@ def run(*, job: Job, task: Task, settings: RLSettings) -> list[dict]:
         log(f"resuming from {resume}")
         done, log_rows = trainer.load(resume), checkpoints.load_rows(work, checkpoints.step_of(resume))
     else:
-        done, log_rows = 0, [{"update": 0, **(probe(model, tokenizer) if settings.probe.due(0, updates) else {})}] if main else []
+        probed = probe(model, tokenizer) if main and settings.probe.due(0, updates) else {}
+        done, log_rows = 0, [{"update": 0, **probed}] if main else []
         if main:
             checkpoints.save_rows(work, log_rows)
     every = checkpoints.checkpoint_every(updates)

@@ -136,7 +136,8 @@ def rl_settings(algo: str, rl: Mapping, sft: Mapping | None = None) -> RLSetting
             raise ValueError("the continued-SFT control needs the sft config slice")
         trains = SFTSettings.from_config(
             {k: v for k, v in sft.items() if k not in UNUSED_SFT_KEYS_OF_CONTROL}, max_steps=rl["updates"],
-            batch_size=rl["prompts_per_update"], grad_accum=1, logging_steps=probe.every or rl["updates"], eval_examples=probe.episodes)
+            batch_size=rl["prompts_per_update"], grad_accum=1, logging_steps=probe.every or rl["updates"],
+            eval_examples=probe.episodes)
         return _build(ControlSettings, "rl", values, probe=probe, sft=trains)
     if values.get("ppo") is not None:
         values["ppo"] = _build(PPOSettings, "rl.ppo", values["ppo"])
