@@ -99,15 +99,16 @@ def matrices(arch: Mapping) -> list[tuple[int, int]]:
 
 
 def disk_and_svd(arch: Mapping) -> dict:
-    """Bytes of a model directory (bf16) and of its float32 SVD cache (U, S, Vh of every analysed matrix),
-    and CPU core-hours of that SVD, scaled by rows * cols * rank from the float32 SVD of a 4096 x 4096
-    matrix measured here: 16 s on 2 threads (docs/stack.md, "Reference timings")."""
+    """Bytes of a model directory (bf16) and of its SVD cache (U and Vh in float32, S in float64, of every
+    analysed matrix), and CPU core-hours of that SVD, scaled by rows * cols * rank from the float32 SVD of
+    a 4096 x 4096 matrix measured here (16 s on 2 threads, docs/stack.md) times 2 for float64 (1.3-2.7
+    times float32, measured side by side on 2048 x 2048)."""
     shapes = matrices(arch)
     rank = [min(m, n) for m, n in shapes]
     return {
         "model_bytes": 2 * sum(m * n for m, n in shapes),
-        "svd_bytes": 4 * sum(k * (m + n + 1) for (m, n), k in zip(shapes, rank)),
-        "svd_core_hours": sum(m * n * k for (m, n), k in zip(shapes, rank)) / 4096**3 * 32 / 3600,
+        "svd_bytes": sum(k * (4 * (m + n) + 8) for (m, n), k in zip(shapes, rank)),
+        "svd_core_hours": 2 * sum(m * n * k for (m, n), k in zip(shapes, rank)) / 4096**3 * 32 / 3600,
     }
 
 

@@ -42,11 +42,11 @@ def _merge(b, t, k_top: int, k_tail: int, orthonormal: bool):
 
 
 def mix(svd_b, svd_t, k_top: int, k_tail: int, values_from_b: bool, orthonormal: bool = True):
-    """The recombined matrix U' diag(S') V'^T from two thin SVDs of the same shape."""
+    """The recombined matrix U' diag(S') V'^T from two thin SVDs of the same shape, in float64."""
     import torch
 
-    ub, sb, vhb = svd_b
-    ut, st, vht = svd_t
+    ub, sb, vhb = (x.double() for x in svd_b)
+    ut, st, vht = (x.double() for x in svd_t)
     n = st.shape[0]
     if k_top < 0 or k_tail < 0 or k_top + k_tail > n:
         raise ValueError(f"k_top={k_top} and k_tail={k_tail} do not fit rank {n}")

@@ -3,8 +3,12 @@ its singular values moved and how its singular vectors rotated.
 
 The matrices are those rlheals.matrices finds in the model's module tree, each read as (out, in) and
 named by its key (`layers.3.q`). Every matrix's SVD is computed once per model (`svd_model`) and stored
-as safetensors (`<key>.U`, `<key>.S`, `<key>.Vh`, float32): each pair of models and each restoration
-edit reads it back.
+as safetensors (`<key>.U`, `<key>.S`, `<key>.Vh`): each pair of models and each restoration edit reads
+it back. The SVD is computed in float64 because the models compared are often close (an RL model moves
+its start's weights by about 0.5%): a float32 SVD errs by about eps * ||W|| / gap in each singular
+vector, rounding of the size of the real differences, and that rounding differs between CPUs and thread
+counts. U and Vh are stored in float32 (half the disk; rounding them costs about 1e-5 of an angle's
+value), S in float64.
 For a matrix of shape (rows, cols) the rank is n = min(rows, cols); U is rows x n and V is cols x n, so
 grouped-query k/v projections (fewer rows than columns) are handled on the right sides."""
 
@@ -17,14 +21,21 @@ from rlheals.matrices import Layout
 
 
 def svd_model(weights: Mapping[str, "torch.Tensor"], layout: Layout) -> dict[str, "torch.Tensor"]:
-    """The float32 thin SVD of every analysed matrix (rlheals.matrices), as (out, in): {key.U, key.S, key.Vh}."""
-    import torch
-
+    """The thin SVD of every analysed matrix (rlheals.matrices), as (out, in): {key.U, key.S, key.Vh}."""
     out = {}
     for m in layout.matrices:
-        u, s, vh = torch.linalg.svd(m.read(weights).detach().float(), full_matrices=False)
+        u, s, vh = svd(m.read(weights))
         out[f"{m.key}.U"], out[f"{m.key}.S"], out[f"{m.key}.Vh"] = u.contiguous(), s.contiguous(), vh.contiguous()
     return out
+
+
+def svd(matrix):
+    """The thin SVD (U, S, Vh) of one matrix, computed in float64 whatever its dtype: U and Vh as float32,
+    S as float64 (module docstring)."""
+    import torch
+
+    u, s, vh = torch.linalg.svd(matrix.detach().double(), full_matrices=False)
+    return u.float(), s, vh.float()
 
 
 def write_svds(path, svds: Mapping[str, "torch.Tensor"], layout: Layout) -> None:
@@ -77,32 +88,36 @@ def paired_angles(a, b):
     return torch.atan2((b - a * dots).norm(dim=0), dots.abs())
 
 
-def compare(name: str, wa, wb, svd_a, svd_b, share: float) -> Iterator[dict]:
-    """Rows (metric, rank, value) comparing matrix `name` of model a (reference) and model b.
+def compare(wa, wb, svd_a, svd_b, share: float) -> Iterator[dict]:
+    """Rows (metric, rank, value) comparing one matrix of model a (reference) and model b.
 
     Scalars (rank None): mean |dS|/S; mean and max principal angle (degrees) of the top-k left and right
     singular subspaces; projection distance ||U_a U_a^T - U_b U_b^T||_F and alignment mean_i max_j
     |U_a^T U_b|_ij over the top k; the energy of dW = W_b - W_a on the diagonal of U_a^T dW V_a (value
     change) and off it (rotation), as shares; the share of W_b outside the top-k span of (U_a, V_a);
     ||dW||_F / ||W_a||_F. By rank index i: (S_b - S_a) / S_a, and the angle between the i-th singular
-    vectors of a and b (left and right)."""
+    vectors of a and b (left and right).
+
+    Everything is computed in float64, and no metric is a difference of two nearly equal quantities: the
+    projection distance is sqrt(2 * sum sin^2) of the principal angles, not sqrt(2k - 2 ||U_a^T U_b||^2),
+    whose float32 rounding (about 1e-3 after the root) depends on the CPU's kernels and thread count and
+    would drown the small differences between close models."""
     import torch
 
-    ua, sa, vha = svd_a
-    ub, sb, vhb = svd_b
+    ua, sa, vha = (t.double() for t in svd_a)
+    ub, sb, vhb = (t.double() for t in svd_b)
+    wa, wb = wa.double(), wb.double()
     va, vb = vha.T, vhb.T
     n = sa.shape[0]
     k = top_k(n, share)
     rel = (sb - sa) / sa.clamp(min=1e-12)
-    dw = (wb - wa).float()
+    dw = wb - wa
     dw_energy = float(dw.pow(2).sum())
-    diag = torch.diagonal(ua.T @ dw @ va)
-    value_energy = float(diag.pow(2).sum())
-    cross = ua[:, :k].T @ ub[:, :k]
-    u_angles = torch.rad2deg(principal_angles(ua[:, :k], ub[:, :k]))
-    v_angles = torch.rad2deg(principal_angles(va[:, :k], vb[:, :k]))
-    top_a = ua[:, :k] @ (ua[:, :k].T @ wb.float() @ va[:, :k]) @ va[:, :k].T
-    wb_norm = float(wb.float().norm())
+    value_energy = float(torch.diagonal(ua.T @ dw @ va).pow(2).sum())
+    u_radians = principal_angles(ua[:, :k], ub[:, :k])
+    u_angles, v_angles = torch.rad2deg(u_radians), torch.rad2deg(principal_angles(va[:, :k], vb[:, :k]))
+    top_a = ua[:, :k] @ (ua[:, :k].T @ wb @ va[:, :k]) @ va[:, :k].T
+    wb_norm = float(wb.norm())
     scalars = {
         "k": k,
         "rank": n,
@@ -111,12 +126,12 @@ def compare(name: str, wa, wb, svd_a, svd_b, share: float) -> Iterator[dict]:
         "u_angle_max_deg": float(u_angles.max()),
         "v_angle_mean_deg": float(v_angles.mean()),
         "v_angle_max_deg": float(v_angles.max()),
-        "u_projection_distance": math.sqrt(max(0.0, 2 * k - 2 * float(cross.pow(2).sum()))),
-        "u_alignment": float(cross.abs().max(dim=1).values.mean()),
+        "u_projection_distance": math.sqrt(2 * float(torch.sin(u_radians).pow(2).sum())),
+        "u_alignment": float((ua[:, :k].T @ ub[:, :k]).abs().max(dim=1).values.mean()),
         "dw_value_share": value_energy / dw_energy if dw_energy > 0 else 0.0,
-        "dw_rotation_share": (dw_energy - value_energy) / dw_energy if dw_energy > 0 else 0.0,
-        "residual_share": float((wb.float() - top_a).norm()) / wb_norm if wb_norm > 0 else 0.0,
-        "relative_update_norm": math.sqrt(dw_energy) / max(float(wa.float().norm()), 1e-12),
+        "dw_rotation_share": max(0.0, dw_energy - value_energy) / dw_energy if dw_energy > 0 else 0.0,
+        "residual_share": float((wb - top_a).norm()) / wb_norm if wb_norm > 0 else 0.0,
+        "relative_update_norm": math.sqrt(dw_energy) / max(float(wa.norm()), 1e-12),
     }
     for metric, value in scalars.items():
         yield {"metric": metric, "rank_index": None, "value": float(value)}
@@ -147,6 +162,6 @@ def compare_models(weights_a, weights_b, svds_a, svds_b, share: float, layouts: 
         if wa.shape != wb.shape:
             raise ValueError(f"{key} ({a.tensor} of {models[0]}, {b.tensor} of {models[1]}): shapes differ "
                              f"({tuple(wa.shape)} vs {tuple(wb.shape)})")
-        for row in compare(key, wa, wb, factors(svds_a, key), factors(svds_b, key), share):
+        for row in compare(wa, wb, factors(svds_a, key), factors(svds_b, key), share):
             rows.append({"matrix": key, "layer": a.layer, "module": a.module, **row})
     return rows
