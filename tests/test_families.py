@@ -55,6 +55,36 @@ def study_config(source: Path) -> dict:
     return config
 
 
+# What the released checkpoints have: tied embeddings, attention biases, q/k norms in self-attention,
+# rope type and base (and scaling factor).
+LLAMA3_ROPE, PLAIN_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0}, {"rope_type": "default"}
+RELEASED = {
+    "llama3": dict(tied=True, bias=False, qk_norm=False, rope={**LLAMA3_ROPE, "factor": 32.0}),
+    "mllama": dict(tied=False, bias=False, qk_norm=False, rope={**LLAMA3_ROPE, "factor": 8.0}),
+    "qwen25": dict(tied=False, bias=True, qk_norm=False, rope={**PLAIN_ROPE, "rope_theta": 1000000.0}),
+    "olmo2": dict(tied=False, bias=False, qk_norm=True, rope={**PLAIN_ROPE, "rope_theta": 500000.0}),
+    "gpt2": dict(tied=True, bias=True, qk_norm=False, rope=None),
+}
+
+
+@pytest.mark.parametrize("family", families.FAMILIES)
+def test_each_family_checkpoint_is_built_as_the_released_one(family, tmp_path):
+    path = families.write(family, tmp_path / family)
+    config = json.loads((path / "config.json").read_text())
+    text, names = config.get("text_config", config), list(models.load_weights(path))
+    released = RELEASED[family]
+    assert (not any(n.endswith("lm_head.weight") for n in names)) == released["tied"], names
+    assert any(n.endswith(("q_proj.bias", "c_attn.bias")) for n in names) == released["bias"]
+    assert any("self_attn.q_norm." in n for n in names) == released["qk_norm"]
+    rope = text.get("rope_parameters")
+    assert (rope and {k: rope[k] for k in released["rope"]}) == released["rope"], rope
+    if family == "mllama":  # saved whole, vision tower included; cross-attention between self-attention
+        assert config["architectures"] == ["MllamaForConditionalGeneration"]
+        assert any(n.startswith("vision_model.") for n in names)
+        cross, layers = text["cross_attention_layers"], text["num_hidden_layers"]
+        assert cross and all(0 < i < layers - 1 and i + 1 not in cross for i in cross), (cross, layers)
+
+
 @pytest.mark.parametrize("family", families.FAMILIES)
 def test_every_stage_takes_the_family(family, tmp_path):
     source = families.write(family, tmp_path / "source")
@@ -123,6 +153,6 @@ def test_a_family_runs_every_stage_of_the_workflow(family, tmp_path, session_env
     assert spectrum.filter(pl.col("b") == "sft-2")["relative_update_norm"].max() > 0  # SFT moved the weights
     # The models the pipeline wrote load as the family's causal LM, with the base's tokenizer.
     sft = models.load_model(results / "models" / "sft-2")
-    assert sft.config.get_text_config().num_hidden_layers == 2
+    assert sft.config.get_text_config().num_hidden_layers == families.layers(family)
     base_tokens = json.loads((source / "tokenizer.json").read_text())["added_tokens"]
     assert json.loads((results / "models" / "sft-2" / "tokenizer.json").read_text())["added_tokens"] == base_tokens

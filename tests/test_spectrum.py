@@ -135,14 +135,15 @@ def test_every_family_maps_to_the_same_labels_as_out_by_in_matrices(checkpoints)
     for family, (path, _) in checkpoints.items():
         weights, layout = loaded(path)
         gate = [] if family == "gpt2" else ["gate"]
-        heads = ["embed"] + (["lm_head"] if family in ("olmo2", "mllama") else [])  # the others tie theirs
+        heads = ["embed"] + (["lm_head"] if family in ("olmo2", "mllama", "qwen25") else [])  # the others tie
+        labels = ["q", "k", "v", "o", *gate, "up", "down"]
         assert sorted(m.key for m in layout.matrices) == sorted(
-            [f"layers.{i}.{m}" for i in range(2) for m in ["q", "k", "v", "o", *gate, "up", "down"]] + heads), family
+            [f"layers.{i}.{m}" for i in range(families.layers(family)) for m in labels] + heads), family
         shapes = {m.key: tuple(m.read(weights).shape) for m in layout.matrices}
         kv = 32 if family == "gpt2" else 16  # GPT-2 has no grouped-query attention
         assert shapes["layers.1.q"] == (32, 32) and shapes["layers.1.k"] == (kv, 32), family
         assert shapes["layers.0.up"][1] == 32 and shapes["layers.0.down"][0] == 32, family  # (out, in)
-        assert layout.layers == 2 and layout.layer_of(next(m.tensor for m in layout.matrices if m.layer == 1)) == 1
+        assert layout.layers == families.layers(family) and layout.layer_of(next(m.tensor for m in layout.matrices if m.layer == 1)) == 1
 
 
 def test_an_svd_cache_carries_its_layout_and_an_old_cache_is_refused(checkpoints, tmp_path):
@@ -198,13 +199,15 @@ def test_the_vision_checkpoint_and_the_text_model_saved_after_it_compare_key_by_
     assert lb.layer_prefix == "language_model.model.layers." and lt.layer_prefix == "model.layers."
     rows = spectrum.compare_models(wb, wt, spectrum.svd_model(wb, lb), spectrum.svd_model(wt, lt), 0.5, (lb, lt))
     changes = [r["value"] for r in rows if r["metric"] == "relative_update_norm"]
-    assert len(changes) == len(lt.matrices) == 16 and max(changes) == 0.0  # the same weights under other names
+    layers = families.layers("mllama")
+    assert len(changes) == len(lt.matrices) == 7 * layers + 2 and max(changes) == 0.0  # the same weights, renamed
     # A layer reset from the vision checkpoint into the text model finds each tensor under its other name.
     moved = {k: v + 1 for k, v in wt.items()}
     edited = restore.edit({"kind": "layers", "layers": 0.5}, wb, moved, {}, {}, (lb, lt))
     assert torch.equal(edited["model.layers.0.mlp.up_proj.weight"], wb["language_model.model.layers.0.mlp.up_proj.weight"])
     assert torch.equal(edited["model.embed_tokens.weight"], wb["language_model.model.embed_tokens.weight"])
-    assert torch.equal(edited["model.layers.1.mlp.up_proj.weight"], moved["model.layers.1.mlp.up_proj.weight"])
+    last = f"model.layers.{layers - 1}.mlp.up_proj.weight"
+    assert torch.equal(edited[last], moved[last])
 
 
 def test_layer_reset_copies_whole_layers_and_leaves_the_rest_bit_identical(checkpoints):

@@ -4,6 +4,7 @@ KV cache kept across turns, so a new turn feeds only the tokens the cache does n
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,74 +56,147 @@ def encode_all(tokenizer, conversations: Sequence[list[dict]]) -> list[list[int]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def row_cache(rows: int):
-    """A transformers DynamicCache for `rows` conversations. Each layer keeps every row's keys and values
-    in one storage with spare columns, and a forward over b rows reads and writes the first b rows only:
-    a row leaves a forward by being swapped past b (two rows copied, not the cache), a decode step
-    writes its column in place instead of concatenating (copying) the whole cache, and rows that leave
-    for good are dropped by moving the others to the front in place. Columns a row did not write hold
-    zeros or old keys and values: finite, under the mask that hides them."""
-    import torch
+def row_cache(rows: int, config=None):
+    """A transformers Cache for `rows` conversations, one layer per layer of the model that `config`
+    describes (transformers' own reading of it: `DynamicCache(config=...)`).
+
+    Each full-attention layer becomes a row layer, which keeps every row's keys and values in one storage
+    with spare columns, and a forward over b rows reads and writes the first b rows only: a row leaves a
+    forward by being swapped past b (two rows copied, not the cache), a decode step writes its column in
+    place instead of concatenating (copying) the whole cache, and rows that leave for good are dropped by
+    moving the others to the front in place. Columns a row did not write hold zeros or old keys and
+    values: finite, under the mask that hides them.
+
+    A row layer gets its storage when the model first writes it. A layer the forward skips (the
+    cross-attention layers of Llama-3.2-Vision without an image) never does: it stays uninitialised, as
+    transformers expects of a skipped layer, and every row operation passes it by. A layer that stores
+    nothing by design (a `DummyLayer`) is kept as it is. Sliding-window, chunked and linear-attention
+    layers are refused: a row layer keeps every column, which such a layer must not attend to."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    row_layer, cache_class = _row_classes()
+    if config is None:  # a model without a config: a row layer for each layer index it writes
+        return cache_class(layer_class_to_replicate=lambda: row_layer(rows))
+    kinds = DynamicCache(config=config)
+    layers = []
+    for i, (layer, dummy) in enumerate(zip(kinds.layers, kinds.is_dummy)):
+        if type(layer) is not DynamicLayer and not dummy:
+            raise ValueError(f"layer {i} of this {config.model_type} model caches with "
+                             f"{type(layer).__name__} (sliding-window, chunked or linear attention): the "
+                             "batched decoder serves full-attention layers only")
+        layers.append(layer if dummy else row_layer(rows))
+    return cache_class(layers=layers)
+
+
+@functools.cache
+def _row_classes():
+    """The row layer and row cache classes, made once (transformers is imported on first use only)."""
+    import torch
     from transformers.cache_utils import Cache, DynamicLayer
 
     class RowLayer(DynamicLayer):
+        """One layer's keys and values for every row: `key_store`/`value_store` (rows, heads, capacity,
+        dim), of which the first `columns` are held; `keys`/`values` are the views a forward reads."""
+
+        def __init__(self, rows: int):
+            super().__init__()
+            self.rows, self.columns, self.rows_kept = rows, 0, rows
+            self.key_store = self.value_store = None  # until the model writes this layer
+
         def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
+            if self.key_store is None:
                 self.lazy_initialization(key_states, value_states)
-                shape = (rows, key_states.shape[1], 0, key_states.shape[3])
+                shape = (self.rows, key_states.shape[1], 0, key_states.shape[3])
                 self.replace(key_states.new_zeros(shape), value_states.new_zeros(shape))
             b, used, new = key_states.shape[0], self.columns, key_states.shape[2]
-            if used + new > self._keys.shape[2]:  # grow by half again (and at least 64 columns)
+            if used + new > self.key_store.shape[2]:  # grow by half again (and at least 64 columns)
                 kept = self.rows_kept
-                self.replace(self._keys[:kept, :, :used], self._values[:kept, :, :used], spare=max(64, used // 2 + new))
-            self._keys[:b, :, used : used + new], self._values[:b, :, used : used + new] = key_states, value_states
-            self.columns = used + new
-            self.keys, self.values = self._keys[:b, :, : self.columns], self._values[:b, :, : self.columns]
+                self.replace(self.key_store[:kept, :, :used], self.value_store[:kept, :, :used],
+                             spare=max(64, used // 2 + new))
+            self.key_store[:b, :, used : used + new] = key_states
+            self.value_store[:b, :, used : used + new] = value_states
+            self.columns = end = used + new
+            self.keys, self.values = self.key_store[:b, :, :end], self.value_store[:b, :, :end]
             return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.columns
 
         def replace(self, keys, values, spare: int = 64) -> None:
             """Hold `keys`/`values` (rows, heads, columns, dim), zeros in `spare` columns after them."""
             n, heads, columns, dim = keys.shape
-            self._keys, self._values = (store.new_empty((n, heads, columns + spare, dim)) for store in (keys, values))
-            for store, held in ((self._keys, keys), (self._values, values)):
+            self.key_store, self.value_store = (held.new_empty((n, heads, columns + spare, dim))
+                                                for held in (keys, values))
+            for store, held in ((self.key_store, keys), (self.value_store, values)):
                 store[:, :, :columns] = held
                 store[:, :, columns:] = 0
             self.hold(columns)
 
         def hold(self, columns: int, rows_kept: int | None = None) -> None:
             """Use the first `columns` of the storage (and its first `rows_kept` rows from now on)."""
-            self.columns, self.rows_kept = columns, self._keys.shape[0] if rows_kept is None else rows_kept
-            self.keys, self.values = self._keys[:, :, :columns], self._values[:, :, :columns]
-
-    class RowCache(DynamicCache):
-        def __init__(self):
-            Cache.__init__(self, layer_class_to_replicate=RowLayer)
+            self.columns = columns
+            self.rows_kept = self.key_store.shape[0] if rows_kept is None else rows_kept
+            self.keys, self.values = self.key_store[:, :, :columns], self.value_store[:, :, :columns]
 
         def swap(self, a, b) -> None:
-            """Exchange the storage rows `a` and `b` (index tensors of one length)."""
-            for layer in self.layers:
-                for store in (layer._keys, layer._values):
-                    used = store[:, :, : layer.columns]
-                    held = used.index_select(0, a)
-                    used.index_copy_(0, a, used.index_select(0, b))
-                    used.index_copy_(0, b, held)
+            for store in (self.key_store, self.value_store):
+                used = store[:, :, : self.columns]
+                held = used.index_select(0, a)
+                used.index_copy_(0, a, used.index_select(0, b))
+                used.index_copy_(0, b, held)
+
+        def gather(self, rows, columns) -> None:
+            heads, capacity, dim = self.key_store.shape[1:]
+            flat = (rows[:, None, None] * heads + torch.arange(heads, device=rows.device)[:, None]) * capacity
+            flat = (flat + columns[:, None, :]).flatten()
+            for store in (self.key_store, self.value_store):
+                moved = store.view(-1, dim).index_select(0, flat)
+                store[: len(rows), :, : columns.shape[1]] = moved.view(len(rows), heads, -1, dim)
+            self.hold(columns.shape[1], len(rows))
+
+    class RowCache(Cache):
+        def written(self) -> list[RowLayer]:
+            """The row layers the model has written; the others hold nothing to move."""
+            return [layer for layer in self.layers
+                    if isinstance(layer, RowLayer) and layer.key_store is not None]
+
+        def get_seq_length(self, layer_idx: int = 0) -> int:
+            """The columns layer `layer_idx` holds; for a layer the model skips, those of the written
+            layers. A forward's mask covers the text's columns whichever layer it is sized from, so a
+            model whose first layer is skipped is masked right too."""
+            layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
+            if isinstance(layer, RowLayer) and layer.key_store is not None:
+                return layer.columns
+            written = self.written()
+            return written[0].columns if written else 0
+
+        def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+            return self.get_seq_length(layer_idx) + query_length, 0
+
+        def swap(self, a, b) -> None:
+            """Exchange the storage rows `a` and `b` (index tensors of one length) in every written layer."""
+            for layer in self.written():
+                layer.swap(a, b)
 
         def gather(self, rows, columns) -> None:
             """Keep the storage rows `rows`, in that order, each with its `columns` (rows, width), moved
             to the front of the storage in place: no new storage, and what stays behind it is old but
-            finite (never read before it is written)."""
+            finite (never read before it is written). Every written layer must hold the same columns:
+            a layer written in some forwards only (a cross-attention layer given an image once) would
+            otherwise be moved by indices that do not describe it."""
+            written = self.written()
+            held = {layer.columns for layer in written}
+            if len(held) > 1:
+                counts = ", ".join(f"layer {self.layers.index(w)}: {w.columns}" for w in written)
+                raise RuntimeError(f"the cache's layers hold different numbers of columns ({counts}): a "
+                                   "layer was written in some forwards and skipped in others, which the row "
+                                   "cache cannot follow")
             with torch.inference_mode():  # the storage is an inference tensor
-                for layer in self.layers:
-                    heads, capacity, dim = layer._keys.shape[1:]
-                    flat = (rows[:, None, None] * heads + torch.arange(heads, device=rows.device)[:, None]) * capacity
-                    flat = (flat + columns[:, None, :]).flatten()
-                    for store in (layer._keys, layer._values):
-                        moved = store.view(-1, dim).index_select(0, flat)
-                        store[: len(rows), :, : columns.shape[1]] = moved.view(len(rows), heads, -1, dim)
-                    layer.hold(columns.shape[1], len(rows))
+                for layer in written:
+                    layer.gather(rows, columns)
 
-    return RowCache()
+    return RowLayer, RowCache
 
 
 # A prefill forward costs about as much as this many extra token rows (measured on the CPU: 2-3 ms of
@@ -178,7 +252,7 @@ class Batch:
         pad, eos, steps = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.decoding.max_new_tokens
         rows = len(conversations_ids)
         if self.cache is None:
-            self.cache = row_cache(rows)
+            self.cache = row_cache(rows, getattr(self.model, "config", None))
             self.tokens = self.mask = torch.empty((rows, 0), dtype=torch.long, device=self.device)
             self.order = self.slots = torch.arange(rows, device=self.device)
         suffixes = [self._reuse(int(slot), ids) for slot, ids in zip(self.slots, conversations_ids)]
@@ -259,8 +333,7 @@ class Batch:
         if not unmoved or width < min_share * valid.shape[1]:
             columns = torch.argsort(valid.long(), dim=1, stable=True)[:, valid.shape[1] - width :]
             self.tokens, self.mask = self.tokens[slots].gather(1, columns), self.mask[slots].gather(1, columns)
-            if self.cache.layers:
-                self.cache.gather(slots, columns)
+            self.cache.gather(slots, columns)
         self.order = by_length
         self.slots = torch.arange(len(slots), device=self.device)
 
