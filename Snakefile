@@ -1,7 +1,6 @@
 # RL fine-tuning heals OOD forgetting in SFT: the whole study as file targets.
 # Stages live in rules/*.smk; the library in src/rlheals; `rule all` asks for the study's final outputs.
 from snakemake.utils import min_version, validate
-import os
 from rlheals import config as study_config, limits
 
 min_version("9.0")
@@ -18,9 +17,10 @@ study_config.type_command_line(
 study_config.check(config, workflow.source_path("config/schema.yaml"))
 validate(config, "config/schema.yaml")
 
-# A local model that cannot hold the study's longest conversation (learned positions), has no chat template
-# for its turns, or has no token to pad with is refused here, before any job runs.
-if config["model"]["source"] == "local" and os.path.isdir(config["model"]["local_path"]):
+# A local model that is not there or lacks files, cannot hold the study's longest conversation (learned
+# positions), has no chat template for its turns, or has no token to pad with is refused here, before any
+# job runs (a dry run too), with the path and what is missing named.
+if config["model"]["source"] == "local":
     limits.check_study(config["model"]["local_path"], config)
 
 

@@ -1,9 +1,14 @@
 # What the rules share: the study's run lists and models, config slices and code hashes, all computed
 # by rlheals.workflow (unit-tested there). Kept light: every cluster job re-parses this.
+import functools
 import json
+import os
 from pathlib import Path
 
+from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
+
 from rlheals import model_ids
+from rlheals import plan
 from rlheals import resources as sizing
 from rlheals.report import FIGURES, SFT_LOG_FILES, SPECTRUM_PAIR_FILES
 from rlheals.workflow import SPLITS, TEST_SPLITS, Study, canonical, code_hash
@@ -39,16 +44,32 @@ def sized(name):
     return {
         "mem_mb": lambda wildcards, attempt: sizing.mem_mb(name, config, attempt),
         "runtime": lambda wildcards, threads, attempt: sizing.runtime(
-            name, config, attempt, algo=algo(wildcards), threads=threads
+            name, config, attempt, algo=algo(wildcards), threads=threads_run(name, threads)
         ),
     }
+
+
+def threads_run(name, threads):
+    """The threads a job of rule `name` runs on. Snakemake gives `threads` capped by --cores, which a dry
+    run sets to 1 unless given: no job runs on that. So a dry run counts the rule's own (--set-threads and
+    the profile's included) capped by --max-threads, what a cluster job asks for and gets."""
+    if not workflow.dryrun:
+        return threads
+    asked = workflow.get_rule(name).resources["_cores"]
+    if asked.is_evaluable():  # threads given as a function: snakemake's value is all there is
+        return threads
+    cap = workflow.resource_settings.max_threads
+    return min(asked.value, cap) if cap else asked.value
 
 
 def sft_seed_of(wildcards):
     return int(wildcards.sft_seed) if SFT_SEEDED else None
 
 
-_CHOSEN = []  # the study with its points, once every seed's are chosen (they are written once per run)
+_CHOSEN = {}  # the study with its points, by the SFT seeds whose points are assumed (none outside `plan`)
+# `python3 tasks.py plan`: points not chosen yet are assumed, so that a dry run plans the whole study.
+ASSUMED_PEAK = os.environ.get(plan.ASSUME)
+_NOTED = set()
 
 
 def chosen():
@@ -56,14 +77,45 @@ def chosen():
     the choose_points checkpoints have run, when the config names any; the study as it is otherwise."""
     if not study.needs_points:
         return study
-    if not _CHOSEN:
-        points = {}
-        for seed in study.sft_seeds:
+    points, assumed = {}, []
+    for seed in study.sft_seeds:
+        try:
             done = checkpoints.choose_points.get(**({"sft_seed": seed} if SFT_SEEDED else {}))
-            with open(done.output[0]) as f:
-                points[seed] = json.load(f)
-        _CHOSEN.append(Study(config, points))
-    return _CHOSEN[0]
+        except IncompleteCheckpointException:
+            # Snakemake reads a points file already there once the DAG is built, as a plain dry run does.
+            if ASSUMED_PEAK is None or Path(study.points_file(seed)).exists():
+                raise
+            points[seed] = assume_points(seed)
+            assumed.append(seed)
+            continue
+        points[seed] = read_points(done.output[0])
+        if ASSUMED_PEAK is not None:
+            note(plan.chosen_note(seed, points[seed], done.output[0]))
+    key = tuple(assumed)
+    if key not in _CHOSEN:
+        _CHOSEN[key] = Study(config, points)
+    return _CHOSEN[key]
+
+
+@functools.cache
+def read_points(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def assume_points(seed):
+    if not workflow.dryrun:
+        raise WorkflowError(f"{plan.ASSUME} is set: points are assumed in dry runs only (unset it to run)")
+    peak = plan.parse_assumption(ASSUMED_PEAK)
+    points = plan.assumed_points(study.sft_steps, peak)
+    note(plan.assumed_note(seed, points, given=peak is not None))
+    return points
+
+
+def note(text):
+    if text not in _NOTED:
+        _NOTED.add(text)
+        plan.note(text)
 
 
 def code_of(script):

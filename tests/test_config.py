@@ -5,6 +5,7 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
+import families
 from rlheals.config import ConfigError, check, type_command_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +58,13 @@ def test_workflow_rejects_bad_config_before_any_job(workflow):
     assert not (workflow.path / "results").exists()
 
 
-@pytest.mark.parametrize("name", ["paper-qwen2.5-7b.yaml", "paper-llama-3.2-11b.yaml"])
-def test_paper_scale_configs_validate_and_plan_the_whole_study(workflow, name):
-    jobs = workflow.dry_run_jobs(configfile=f"config/{name}")
+@pytest.mark.parametrize("name, family", [("paper-qwen2.5-7b.yaml", "qwen25"),
+                                          ("paper-llama-3.2-11b.yaml", "mllama")])
+def test_paper_scale_configs_validate_and_plan_the_whole_study(workflow, tmp_path, name, family):
+    # The model must be on the machine, even for a dry run: a tiny checkpoint of its family stands in.
+    model = families.write(family, tmp_path / family)
+    local = "model=" + json.dumps({"source": "local", "local_path": str(model)})
+    jobs = workflow.dry_run_jobs("--config", local, configfile=f"config/{name}")
     assert jobs["base_local"] == 1 and "base_tiny" not in jobs and jobs["sft"] == 1
     assert jobs["rl"] == 6 * 2  # 6 starting steps x (ppo + the continued-SFT control), one seed
     assert jobs["restore"] == 9 and jobs["all"] == 1

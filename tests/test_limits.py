@@ -97,3 +97,57 @@ def test_the_default_tiny_model_holds_the_longest_conversation_of_the_default_st
     found = limits.Positions(config["model"]["tiny"]["max_positions"], learned=False)
     assert limits.check_positions("tiny", found, needed) is None
     assert "rotary" in limits.check_positions("tiny", limits.Positions(256, learned=False), needed)
+
+
+def test_a_missing_or_incomplete_local_model_is_named_with_all_that_it_lacks(tmp_path):
+    model = gpt2_dir(tmp_path / "gpt2", 4096)
+    assert limits.missing_files(model) == []
+    assert limits.missing_files(tmp_path / "nowhere") == ["no such directory"]
+    assert limits.missing_files(model / "config.json") == ["not a directory"]
+    (model / "config.json").unlink()
+    (model / "model.safetensors").rename(model / "pytorch_model.bin")
+    (model / "tokenizer.json").unlink()
+    with pytest.raises(ValueError) as err:
+        limits.check_files(model)
+    message = str(err.value)
+    assert message.startswith(f"config key model.local_path: {model}: no config.json; no weights "
+                              "*.safetensors (only pickled pytorch_model.bin, never loaded")
+    assert "; no tokenizer files (tokenizer.json, tokenizer.model, vocab.json with merges.txt" in message
+
+
+def test_a_sharded_model_missing_a_shard_is_refused_naming_it(tmp_path):
+    model = gpt2_dir(tmp_path / "gpt2", 4096)
+    names = limits.weight_names(model)
+    shards = {name: f"model-0000{i % 2 + 1}-of-00002.safetensors" for i, name in enumerate(names)}
+    # One shard of two, as a copy interrupted half-way leaves it.
+    (model / "model.safetensors").rename(model / "model-00001-of-00002.safetensors")
+    (model / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": shards}))
+    (missing,) = limits.missing_files(model)
+    assert missing == ("weight shards listed in model.safetensors.index.json but not there: "
+                       "model-00002-of-00002.safetensors")
+    (model / "model.safetensors.index.json").write_text("{}")
+    assert limits.missing_files(model) == [
+        "model.safetensors.index.json is not a safetensors index (no weight_map)"]
+
+
+def test_workflow_refuses_a_missing_or_incomplete_local_model_before_any_job(workflow, tmp_path):
+    # The paper config as shipped names /models/Qwen2.5-7B-Instruct: on a machine without it, a dry run
+    # stops at the config check with the path named, instead of planning jobs that fail later.
+    shipped = "/models/Qwen2.5-7B-Instruct"
+    if Path(shipped).exists():
+        pytest.skip(f"{shipped} is on this machine")
+    proc = workflow.run("-n", configfile="config/paper-qwen2.5-7b.yaml", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"config key model.local_path: {shipped}: no such directory" in out
+    assert "Job stats" not in out and not (workflow.path / "results").exists()
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")
+    overlay = workflow.write_config("local.yaml", f"model: {{source: local, local_path: {partial}}}\n")
+    proc = workflow.run("-n", configfile=("config/smoke.yaml", overlay), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"config key model.local_path: {partial}: no weights *.safetensors; no tokenizer files" in out
+    assert "Job stats" not in out and not (workflow.path / "results").exists()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import families
 from conftest import ROOT, SNAKEMAKE
 from rlheals import config as config_files
 from rlheals import costs, resources
@@ -422,28 +423,88 @@ def test_the_profile_gives_training_jobs_the_gpus_the_rules_size_them_for(monkey
         assert not {"mem_mb", "runtime"} & {k for r in resources.SIZED for k in profile["set-resources"].get(r, {})}
 
 
-def test_a_paper_config_reaches_sbatch_with_its_sizes_capped_by_the_partition(workflow, cluster):
+def stand_in(path: Path, name: str = "Qwen2.5-7B-Instruct") -> Path:
+    """A tiny Qwen2.5 checkpoint (tests/families.py) whose config.json carries the published shape of
+    `name`: it passes the checks a local model meets before any job (files, tokenizer, chat template,
+    positions), and the jobs are sized as for the real model, which is not on this machine."""
+    model = families.write("qwen25", path / name)
+    arch = costs.ARCHITECTURES[name]
+    shape = dict(hidden_size=arch["hidden"], intermediate_size=arch["intermediate"],
+                 num_hidden_layers=arch["layers"], num_attention_heads=arch["heads"],
+                 num_key_value_heads=arch["kv_heads"], vocab_size=arch["vocab"], max_position_embeddings=32768,
+                 layer_types=["full_attention"] * arch["layers"])
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, **shape}))
+    return model
+
+
+def local_model(path: Path) -> list[str]:
+    """The --config arguments that point the study at the local model in `path`, as docs/cluster.md does."""
+    return ["--config", "model=" + json.dumps({"source": "local", "local_path": str(path)})]
+
+
+def dry_run_asks(text: str) -> dict[str, list[dict]]:
+    """The resources each job of a dry run's listing shows, by rule: [{"mem_mb": ..., "runtime": ...}]."""
+    asks: dict[str, list[dict]] = {}
+    for block in text.split("\n\n"):
+        rule = next((line.split()[-1].rstrip(":") for line in block.splitlines()
+                     if line.startswith(("rule ", "checkpoint ")) and line.endswith(":")), None)
+        lines = [line.strip() for line in block.splitlines()]
+        shown = next((line.split(":", 1)[1] for line in lines if line.startswith("resources:")), None)
+        if rule and shown:
+            pairs = dict(item.strip().split("=", 1) for item in shown.split(","))
+            asks.setdefault(rule, []).append({k: int(pairs[k]) for k in ("mem_mb", "runtime") if k in pairs})
+    return asks
+
+
+def test_a_paper_config_reaches_sbatch_with_its_sizes_capped_by_the_partition(workflow, cluster, tmp_path):
     # The paper config through the real submit path: stand-ins for the data and the imported base model,
-    # and no model directory on this machine (the published architecture sizes the jobs).
+    # and for the local model a tiny one with the published shape (which sizes the jobs).
     site = {"SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu", "STUB_REJECT": "sft,evaluate,svd",
             "RLHEALS_MAX_RUNTIME": "2880", "RLHEALS_MAX_MEM_MB": "1000000"}
+    model = local_model(stand_in(tmp_path))
     fake_upstream(workflow.path, [*DATA, "results/models/base/"])
     targets = ("results/models/sft-10", "results/eval/base.parquet", "results/svd/base.safetensors")
-    proc = run_profile(workflow, cluster, *targets, "--retries", "0", env=site, check=False,
-                       configfile="config/paper-qwen2.5-7b.yaml")
+
+    # The dry run first: it shows the asks the jobs will make. Snakemake runs a dry run on one core, and
+    # an SVD job's runtime is sized from its threads: the 16 of the profile, not that one.
+    paper = "config/paper-qwen2.5-7b.yaml"
+    planned = run_profile(workflow, cluster, "-n", *model, env=site, configfile=paper)
+    asks = dry_run_asks(planned.stdout)
+    assert {"sft", "rl", "evaluate", "svd", "spectrum", "restore"} <= set(asks), sorted(asks)
+
+    proc = run_profile(workflow, cluster, *targets, "--retries", "0", *model, env=site, check=False, configfile=paper)
     assert proc.returncode != 0 and "Requested node configuration is not available" in proc.stderr
     cfg = paper_config("paper-qwen2.5-7b.yaml")
+    cfg["model"]["local_path"] = str(tmp_path / "Qwen2.5-7B-Instruct")
     (sft,), (evaluate,), (svd,) = (cluster.submissions(rule) for rule in ("sft", "evaluate", "svd"))
-    asks = {}
+    submitted = {}
     for rule, call in (("sft", sft), ("evaluate", evaluate), ("svd", svd)):
-        asks[rule] = (int(call["--mem"]), int(call["-t"]))
+        submitted[rule] = (int(call["--mem"]), int(call["-t"]))
         threads = int(call["--cpus-per-task"])
-        assert asks[rule] == (min(resources.mem_mb(rule, cfg, 1), 1000000),
-                              min(resources.runtime(rule, cfg, 1, threads=threads), 2880)), rule
+        assert submitted[rule] == (min(resources.mem_mb(rule, cfg, 1), 1000000),
+                                   min(resources.runtime(rule, cfg, 1, threads=threads), 2880)), rule
+        # What the dry run showed is what sbatch was asked for.
+        assert {(a["mem_mb"], a["runtime"]) for a in asks[rule]} == {submitted[rule]}, rule
+    assert int(svd["--cpus-per-task"]) == 16
+    assert submitted["svd"][1] < resources.runtime("svd", cfg, 1, threads=1)  # sized from 16 threads, not 1
+    for rule in ("spectrum", "restore"):  # the other CPU jobs, as the dry run shows them
+        assert {a["runtime"] for a in asks[rule]} == {resources.runtime(rule, cfg, 1, threads=16)}, rule
     # A 7B model: the SFT job's 8 ranks ask for their copies of the weights, the SVD job for the model and
-    # its float32 SVD; the smoke study's asks are the floors.
-    assert asks["sft"][0] > 8 * 2 * 14_000 and asks["svd"][0] > 40_000 and asks["evaluate"][0] > 20_000
-    assert asks["sft"][1] > resources.MIN_RUNTIME
+    # its SVD; the smoke study's asks are the floors.
+    assert submitted["sft"][0] > 8 * 2 * 14_000 and submitted["svd"][0] > 40_000
+    assert submitted["evaluate"][0] > 20_000
+    assert submitted["sft"][1] > resources.MIN_RUNTIME
+
+
+def test_a_dry_run_of_a_paper_config_without_its_model_fails_naming_the_path(workflow, cluster):
+    missing = "/nonexistent/models/Qwen2.5-7B-Instruct"
+    proc = run_profile(workflow, cluster, "-n", *local_model(Path(missing)), check=False,
+                       configfile="config/paper-qwen2.5-7b.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"config key model.local_path: {missing}: no such directory" in out
+    assert "rule sft:" not in out and "Job stats" not in out  # refused before planning any job
 
 
 def import_gpu_hours(monkeypatch):

@@ -1,5 +1,6 @@
-"""What a model must hold for this study, checked before its jobs run: a pad token, a chat template that
-renders the study's turns, and positions for the longest conversation the study can produce.
+"""What a model must hold for this study, checked before its jobs run: the files of a Hugging Face model
+directory, a pad token, a chat template that renders the study's turns, and positions for the longest
+conversation the study can produce.
 
 The longest conversation is the prompt of a hand, then for each try an answer of `max_new_tokens` tokens
 and, between tries, the verifier's feedback turn. Feedback can quote one step of the answer, so its bound
@@ -23,6 +24,46 @@ LEARNED_POSITIONS = re.compile(r"(^|\.)(wpe|position_embeddings|embed_positions)
 LONGEST_HAND = ["10", "J", "Q", "K"]
 WRONG_ANSWERS = ["", "1 + 1", "10 * 11 = 110 ; 110 - 12 = 98 ; 98 + 13 = 111 ;", "10 * 11 * 12 * 13", "(((", "99 * 99",
                  '{"cards": ["10", "J", "Q", "K"], "number": [10, 11, 12, 13], "formula": "10 * 11"}']
+
+
+# A tokenizer loads from one of these (fast; sentencepiece; byte-level BPE; WordPiece).
+TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",))
+PICKLED = ("*.bin", "*.pt", "*.pth")
+
+
+def missing_files(model_dir: str | Path) -> list[str]:
+    """What a local model directory lacks to be imported, one phrase each (nothing: an empty list). Only
+    names and the safetensors index are read, no weights."""
+    path = Path(model_dir)
+    if not path.exists():
+        return ["no such directory"]
+    if not path.is_dir():
+        return ["not a directory"]
+    missing = [] if (path / "config.json").is_file() else ["no config.json"]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError):
+            return [*missing, f"{index.name} is not a safetensors index (no weight_map)"]
+        if lost := [name for name in shards if not (path / name).is_file()]:
+            missing.append(f"weight shards listed in {index.name} but not there: {', '.join(lost)}")
+    elif not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for pattern in PICKLED for p in path.glob(pattern))
+        also = f" (only pickled {', '.join(pickled[:3])}, never loaded: convert them to safetensors)"
+        missing.append("no weights *.safetensors" + (also if pickled else ""))
+    if not any(all((path / name).is_file() for name in names) for names in TOKENIZER_FILES):
+        missing.append("no tokenizer files (tokenizer.json, tokenizer.model, vocab.json with merges.txt, "
+                       "or vocab.txt)")
+    return missing
+
+
+def check_files(model_dir: str | Path) -> None:
+    """Refuse a local model that is not there or is incomplete, naming the path and all that is missing:
+    before any job runs, instead of an import that fails later with a message about something else."""
+    if missing := missing_files(model_dir):
+        raise ValueError(f"config key model.local_path: {model_dir}: {'; '.join(missing)}. It must name a "
+                         "local copy of a Hugging Face model (nothing is downloaded)")
 
 
 def pad_token_fallback(tokenizer) -> str | None:
@@ -120,10 +161,12 @@ def needed_positions(tokenizer, config: Mapping) -> int:
 
 
 def check_study(model_dir: str | Path, config: Mapping) -> str | None:
-    """The checks above for a local model and a study config: an error (ValueError) that says what does
-    not fit, or a warning text for rotary positions stretched past their limit, or None."""
+    """The checks above for a local model and a study config, its files first: an error (ValueError)
+    that says what does not fit, or a warning text for rotary positions stretched past their limit, or
+    None."""
     from rlheals import models
 
+    check_files(model_dir)
     tokenizer = models.load_tokenizer(model_dir)
     if tokenizer.chat_template is None:
         raise ValueError(f"{model_dir}: the tokenizer has no chat template (tokenizer_config.json / chat_template.jinja)")
