@@ -23,10 +23,21 @@ model = models.build_tiny_model(tokenizer, cfg["tiny"], cfg["tiny"]["seed"])
 log.info("tiny model: %d parameters, vocabulary %d", sum(p.numel() for p in model.parameters()), len(tokenizer))
 docs = data.read_jsonl(snakemake.input.corpus)
 texts = pretrain.corpus_texts(docs, tokenizer, cfg["pretrain"]["chat_share"], cfg["pretrain"]["seed"])
-history = pretrain.train_causal_lm(model, tokenizer, texts, cfg["pretrain"], log=log.info)
+# Read from the config at run time, not a param: tracking changes no result, so it reruns nothing.
+tracking = runlog.tracking_dir(snakemake.config.get("tracking", "none"), snakemake.log[0])
+history = pretrain.train_causal_lm(model, tokenizer, texts, cfg["pretrain"], log=log.info, tracking=tracking)
 
 out = Path(snakemake.output.model)
-models.save_model(model, tokenizer, out)  # atomic, with its checksum manifest
+corpus = snakemake.input.corpus
+card = models.Card(
+    what=f"The study's tiny base model: a Llama-architecture model of {model.num_parameters()} parameters "
+         f"with a word-level vocabulary of {len(tokenizer)}, built and pretrained by the workflow on a "
+         "synthetic corpus",
+    made={"pretraining data": f"`{corpus}` (sha256 `{data.sha256(corpus)}`, {len(docs)} documents)",
+          "pretraining": f"{cfg['pretrain']['steps']} steps of batch {cfg['pretrain']['batch_size']} "
+                         f"(rlheals.pretrain); final loss {history[-1]['loss']:.4f}"},
+    settings=cfg, tags=("base", "tiny"))
+models.save_model(model, tokenizer, out, card=card.render(out.name))  # atomic, with its checksum manifest
 
 # A first look at the base model (one greedy try per hand); the evaluation rule does the full protocol.
 rules = data.rules_from_config(cfg["game"])

@@ -28,8 +28,15 @@ verifier = Verifier(cfg["game"]["target"], fmt, cfg["verify"]["strict_format"], 
 decoding = evaluate.Decoding(do_sample=settings["do_sample"], temperature=settings["temperature"],
                              top_p=settings["top_p"], seed=settings["seed"], max_new_tokens=settings["max_new_tokens"])
 protocol = evaluate.Protocol(verifier, settings["verify_turns"], decoding, settings["batch_size"])
+meter = runlog.Progress(f"evaluate {model_id}", len(rows), log.info, unit="episode")
+
+
+def progress(done: int, total: int) -> None:
+    meter.update(done, total, note="" if total == len(rows) else f"a worker's share of {len(rows)}")
+
+
 results = evaluate.run_episodes(model, tokenizer, episodes.from_rows(rows, rules, fmt), protocol, log=log.info,
-                                workers=snakemake.threads)
+                                workers=snakemake.threads, progress=progress)
 table = pl.DataFrame(results).with_columns(pl.lit(model_id).alias("model_id"))
 runlog.write_atomic(snakemake.output[0], table.write_parquet)
 log.info("%s: %s (%.1f s)", model_id, episodes.summarize(results), time.time() - start)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rlheals import checkpoints, data, episodes, launch, model_ids, rl, runlog
+from rlheals import checkpoints, data, episodes, launch, model_ids, models, rl, runlog
 from rlheals.jobs import Job, Task
 from rlheals.settings import rl_settings
 from rlheals.verify import Verifier
@@ -26,13 +26,28 @@ probe = rl.Probe(episodes.from_rows([*id_rows, *ood_rows], rules, fmt), verifier
                  cfg["probe_eval"]["verify_turns"], cfg["probe_eval"]["max_new_tokens"])
 outputs = {settings.updates: Path(snakemake.output.model)}
 outputs.update({model_ids.rl_update(p): Path(p) for p in snakemake.output.checkpoints})
+start, train = Path(snakemake.input.start), snakemake.input.train
+what = (f"The continued-SFT control: SFT continued from `{start}` on the RL run's hands, seed {cfg['seed']}"
+        if algo == rl.CONTROL else
+        f"{algo.upper()} from `{start}` on the study's ID rule, rewarded by the verifier, seed {cfg['seed']}")
+card = models.Card(
+    what=what,
+    made={"started from": f"`{start}` (weights sha256 `{models.weights_sha256(start)}`)",
+          "training data": f"`{train}` (sha256 `{data.sha256(train)}`)",
+          "trainer": {"grpo": "TRL GRPOTrainer", "rloo": "TRL RLOOTrainer",
+                      "ppo": "rlheals.ppo (the papers' PPO)", rl.CONTROL: "TRL SFTTrainer"}[algo]},
+    settings=cfg, unit="step" if algo == rl.CONTROL else "update", total=settings.updates, tags=("rl", algo))
 job = Job(
-    start=Path(snakemake.input.start),
+    start=start,
     outputs=outputs,
     work=checkpoints.work_dir("rl", snakemake.params.cfg, snakemake.params.code, snakemake.input.start),
     seed=cfg["seed"],
     threads=max(1, snakemake.threads // launch.world_size()),
     log=log.info,
+    name=f"rl {snakemake.wildcards.rl_run}",
+    # Read from the config at run time, not a param: tracking changes no result, so it reruns nothing.
+    tracking=runlog.tracking_dir(snakemake.config.get("tracking", "none"), snakemake.log[0]),
+    card=card,
 )
 task = Task(train=data.read_jsonl(snakemake.input.train), rules=rules, fmt=fmt, id_test=id_rows, ood_test=ood_rows,
             verifier=verifier, probe=probe)

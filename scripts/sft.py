@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from rlheals import checkpoints, data, launch, model_ids, runlog, sft
+from rlheals import checkpoints, data, launch, model_ids, models, runlog, sft
 from rlheals.jobs import Job, Task
 from rlheals.settings import SFTSettings
 
@@ -15,13 +15,24 @@ if launch.run_as_workers(launch.workers(snakemake.resources)):
     raise SystemExit(0)
 log = runlog.setup(launch.log_path(snakemake.log[0]))
 cfg = json.loads(snakemake.params.cfg)
+start, train = Path(snakemake.input.base), snakemake.input.train
+card = models.Card(
+    what=f"SFT of the study's base model on its ID rule, seed {cfg['sft']['seed']} "
+         "(step 0: the base model itself)",
+    made={"started from": f"`{start}` (weights sha256 `{models.weights_sha256(start)}`)",
+          "training data": f"`{train}` (sha256 `{data.sha256(train)}`)", "trainer": "TRL SFTTrainer"},
+    settings=cfg, unit="step", total=cfg["sft"]["max_steps"], tags=("sft",))
 job = Job(
-    start=Path(snakemake.input.base),
+    start=start,
     outputs={model_ids.sft_step(p): Path(p) for p in snakemake.output.models},
     work=checkpoints.work_dir("sft", snakemake.params.cfg, snakemake.params.code, snakemake.input.base),
     seed=cfg["sft"]["seed"],
     threads=max(1, snakemake.threads // launch.world_size()),
     log=log.info,
+    name=Path(snakemake.log[0]).stem,  # sft, or seed1-sft
+    # Read from the config at run time, not a param: tracking changes no result, so it reruns nothing.
+    tracking=runlog.tracking_dir(snakemake.config.get("tracking", "none"), snakemake.log[0]),
+    card=card,
 )
 task = Task(
     train=data.read_jsonl(snakemake.input.train),

@@ -1,5 +1,6 @@
-"""Trainer callbacks shared by the SFT and TRL RL runs: checkpoints that resume exactly, the loss log, and
-the per-update RL log with its accuracy probe. Imported only by jobs that train (it imports transformers)."""
+"""Trainer callbacks shared by the SFT and TRL RL runs: checkpoints that resume exactly, the loss log, the
+per-update RL log with its accuracy probe, and progress lines with an ETA; and the Trainer's TensorBoard
+events pointed at the job's tracking directory. Imported only by jobs that train (it imports transformers)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ class Checkpoints(TrainerCallback):
     the trainer's private `_tr_loss` and offers no public hook to save or restore it, so it is read and
     written there, and left alone when a transformers version does not have it."""
 
-    def __init__(self, trainer, max_steps: int, work: Path, outputs: Mapping[int, Path], log):
-        self.trainer, self.work, self.outputs, self.log = trainer, work, outputs, log
+    def __init__(self, trainer, max_steps: int, work: Path, outputs: Mapping[int, Path], log, card=None):
+        self.trainer, self.work, self.outputs, self.log, self.card = trainer, work, outputs, log, card
         self.every = checkpoints.checkpoint_every(max_steps)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -46,7 +47,8 @@ class Checkpoints(TrainerCallback):
             kept = {"tr_loss": launch.gather_objects(float(self.trainer._tr_loss)),
                     "last_logged": self.trainer._globalstep_last_logged}
         if state.is_world_process_zero:  # one process publishes (several train)
-            checkpoints.after_checkpoint(self.work, state.global_step, self.outputs, self.log, kept)
+            checkpoints.after_checkpoint(self.work, state.global_step, self.outputs, self.log, kept,
+                                         self.card)
 
 
 class LogLosses(TrainerCallback):
@@ -68,14 +70,18 @@ class UpdateLog(TrainerCallback):
 
     def __init__(self, job: Job, reward, probe, schedule, tokenizer, rows: list):
         self.reward, self.probe, self.schedule, self.tokenizer = reward, probe, schedule, tokenizer
-        self.rows, self.work, self.log = rows, job.work, job.log
+        self.rows, self.work, self.log, self.tracking = rows, job.work, job.log, job.tracking
+        self.tracker = runlog.Tracker(None)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:  # beside the Trainer's own events, in the same directory
+            self.tracker = runlog.Tracker(self.tracking, fresh=False)
         if not self.rows:  # a resumed run has its rows from before the kill
             probed = self.probe(model, self.tokenizer) if self.schedule.due(0, args.max_steps) else {}
             self.rows.append({"update": 0, **probed})
             if state.is_world_process_zero:
                 checkpoints.save_rows(self.work, self.rows)
+                self.tracker.scalars(0, self.rows[-1], "update/")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         update = state.global_step
@@ -85,4 +91,37 @@ class UpdateLog(TrainerCallback):
         self.rows.append(row)
         if state.is_world_process_zero:
             checkpoints.save_rows(self.work, self.rows)
+            self.tracker.scalars(update, row, "update/")
         self.log(f"update {update}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if k != "update"))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.tracker.close()
+
+
+class Progress(TrainerCallback):
+    """A progress line with the total and an ETA (runlog.Progress) as a run's steps end, written by the
+    main process only; `unit`: what a step is called (an RL update)."""
+
+    def __init__(self, label: str, log, unit: str = "step"):
+        self.label, self.log, self.unit, self.meter = label, log, unit, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            total = state.max_steps or args.max_steps
+            self.meter = runlog.Progress(self.label, total, self.log, unit=self.unit, start=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.meter is not None:
+            self.meter.update(state.global_step)
+
+
+def track(trainer, directory: Path | None) -> None:
+    """The Trainer's TensorBoard events (its `report_to`) into `directory`, beside the job's other events,
+    rather than a time-stamped folder of its work directory (runlog.start_tracking prepares it)."""
+    if directory is None:
+        return
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(directory)

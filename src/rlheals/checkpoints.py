@@ -33,11 +33,15 @@ def work_dir(kind: str, cfg: str, code: str, start: str | Path) -> Path:
     return WORK_ROOT / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def publish(src: Path, out: Path, work: Path) -> None:
+def publish(src: Path, out: Path, work: Path, card: models.Card | None = None,
+            step: int | None = None) -> None:
     """Publish a checkpoint's model files (not its training state) as `out`, through a copy kept in the
-    work directory: when the job is killed after this, its rerun publishes `out` again from the copy."""
+    work directory: when the job is killed after this, its rerun publishes `out` again from the copy.
+    `card`: the model card `out` carries (of `step`), in place of any the checkpoint has. The card is
+    not training state: the work directory's key and the resume point read the weights alone."""
     kept = work / "models" / out.name
-    models.link_or_copy_tree(src, kept, skip=TRAINING_STATE)
+    text = card.render(out.name, step) if card is not None else None
+    models.link_or_copy_tree(src, kept, skip=TRAINING_STATE, card=text)
     models.link_or_copy_tree(kept, out)
 
 
@@ -80,13 +84,15 @@ def checkpoint_every(max_steps: int) -> int:
     return max(1, max_steps // RESUME_CHECKPOINTS)
 
 
-def after_checkpoint(work: Path, step: int, outputs: Mapping[int, Path], log, state: Mapping | None = None) -> None:
-    """Once checkpoint-{step} is written: publish it if `step` is an output, then mark it complete (with
-    `state`, what the trainer needs beyond the checkpoint), then drop older checkpoints. A kill anywhere in
-    between leaves a complete checkpoint to resume from, whose outputs were published."""
+def after_checkpoint(work: Path, step: int, outputs: Mapping[int, Path], log, state: Mapping | None = None,
+                     card: models.Card | None = None) -> None:
+    """Once checkpoint-{step} is written: publish it if `step` is an output (with its model `card`), then
+    mark it complete (with `state`, what the trainer needs beyond the checkpoint), then drop older
+    checkpoints. A kill anywhere in between leaves a complete checkpoint to resume from, whose outputs were
+    published."""
     checkpoint = work / f"checkpoint-{step}"
     if step in outputs:
-        publish(checkpoint, outputs[step], work)
+        publish(checkpoint, outputs[step], work, card, step)
         log(f"published {outputs[step]}")
     runlog.write_json_atomic(dict(state or {}), checkpoint / RESUME)
     for old in work.glob("checkpoint-*"):  # keep only the newest checkpoint for resume

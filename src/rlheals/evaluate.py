@@ -38,8 +38,11 @@ class Try:
 
 
 def run_episodes(model, tokenizer, episodes: Sequence[Episode], protocol: Protocol, *,
-                 log: Callable[[str], object] | None = None, workers: int = 1) -> list[dict]:
-    """Play every episode to the end; one result row per episode, in the order given.
+                 log: Callable[[str], object] | None = None, workers: int = 1,
+                 progress: Callable[[int, int], object] | None = None) -> list[dict]:
+    """Play every episode to the end; one result row per episode, in the order given. `progress(done,
+    total)` is called after each batch, in the process that played it, with the episodes it has played
+    and the number it plays (with several workers, each counts its own share).
 
     `workers` > 1, for a model on the CPU under greedy decoding: the episodes are shared out over that many
     processes (this one and forked copies), one thread each. A model this small spends much of each step
@@ -66,6 +69,8 @@ def run_episodes(model, tokenizer, episodes: Sequence[Episode], protocol: Protoc
             group = share[start : start + size]
             played = play(model, tokenizer, group, protocol, first=[prompts[e.id] for e in group], log=log)
             tries.update({e.id: [(t.answer, t.verdict) for t in ts] for e, ts in zip(group, played)})
+            if progress:
+                progress(start + len(group), len(share))
         return tries
 
     if workers == 1:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rlheals.cards import Rule
+    from rlheals.models import Card
     from rlheals.verify import Verifier
 
 
@@ -18,7 +19,9 @@ if TYPE_CHECKING:
 class Job:
     """One training job: it starts from the model directory `start`, publishes the model of each step (or
     update) in `outputs` (step -> directory), keeps its resume checkpoints in the undeclared `work`
-    directory, and draws its data order and samples from `seed`."""
+    directory, and draws its data order and samples from `seed`. `name` labels its progress lines in the
+    log (`sft`, `rl ppo-6`); `tracking`, when set, is the directory of its TensorBoard event files; `card`
+    is the model card each published directory carries."""
 
     start: Path
     outputs: Mapping[int, Path]
@@ -26,6 +29,9 @@ class Job:
     seed: int
     threads: int = 1
     log: Callable[[str], Any] = print
+    name: str = "train"
+    tracking: Path | None = None
+    card: Card | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

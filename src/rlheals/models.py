@@ -10,6 +10,8 @@ import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from rlheals import runlog
@@ -275,12 +277,15 @@ def write_model_dir(dst: str | Path, fill: Callable[[Path], Mapping | None]) -> 
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model(model, tokenizer, dst: str | Path) -> None:
-    """A transformers model and its tokenizer as a model directory (safetensors), atomically."""
+def save_model(model, tokenizer, dst: str | Path, card: str | None = None) -> None:
+    """A transformers model and its tokenizer as a model directory (safetensors), atomically; `card`: the
+    text of its model card."""
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if card is not None:
+            (tmp / CARD).write_text(card)
 
     write_model_dir(dst, fill)
 
@@ -292,7 +297,7 @@ def save_weights(weights: Mapping, like: str | Path, dst: str | Path) -> None:
 
     def fill(tmp: Path) -> dict:
         known = _link_files(Path(like), tmp, lambda name: not name.startswith("model.safetensors")
-                            and not name.endswith(".safetensors"))
+                            and not name.endswith(".safetensors") and name != CARD)  # not `like`'s card
         save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
         return known
 
@@ -334,15 +339,27 @@ def _link_files(src: Path, tmp: Path, keep: Callable[[str], bool]) -> dict:
     return known
 
 
-def link_or_copy_tree(src: str | Path, dst: str | Path, skip: re.Pattern | None = None) -> None:
+def link_or_copy_tree(src: str | Path, dst: str | Path, skip: re.Pattern | None = None,
+                      card: str | None = None) -> None:
     """Copy a model directory's files (linked where possible), but those whose name `skip` matches,
-    atomically with its checksum manifest."""
-    write_model_dir(dst, lambda tmp: _link_files(Path(src), tmp, lambda name: not (skip and skip.fullmatch(name))))
+    atomically with its checksum manifest. `card`: the copy's model card, in place of the source's."""
+
+    def keep(name: str) -> bool:
+        return not (skip and skip.fullmatch(name)) and not (card is not None and name == CARD)
+
+    def fill(tmp: Path) -> dict:
+        known = _link_files(Path(src), tmp, keep)
+        if card is not None:
+            (tmp / CARD).write_text(card)
+        return known
+
+    write_model_dir(dst, fill)
 
 
-def import_local_model(src: str | Path, dst: str | Path) -> None:
+def import_local_model(src: str | Path, dst: str | Path, card: Card | None = None) -> None:
     """The `local` source: a Hugging Face directory on disk (Qwen2.5-7B-Instruct, Llama-3.2, ...), checked
-    to load as a tokenizer + config with no remote code, then linked into the results."""
+    to load as a tokenizer + config with no remote code, then linked into the results. `card`: what the
+    study says of it, after the model's own card when it has one (its weights are linked unchanged)."""
     from transformers import AutoConfig
 
     src = check_model_dir(src)
@@ -350,4 +367,66 @@ def import_local_model(src: str | Path, dst: str | Path) -> None:
     load_tokenizer(src)
     if not config.architectures:
         raise ValueError(f"{src / 'config.json'}: no `architectures` entry")
-    link_or_copy_tree(src, dst)
+    own = (src / CARD).read_text(errors="replace") if (src / CARD).is_file() else None
+    link_or_copy_tree(src, dst, card=card.render(Path(dst).name, own=own) if card else None)
+
+
+# --- Model cards ----------------------------------------------------------------------------------------
+
+CARD = "README.md"  # a Hugging Face model directory's model card
+COMMIT_ENV = "RLHEALS_COMMIT"  # the code's commit, for a job that runs where git or the checkout is not
+
+
+@cache
+def code_version() -> str:
+    """The commit of the code a job runs, for its model cards: RLHEALS_COMMIT when set, else `git describe
+    --always --dirty` of the checkout the package is in, else "unknown". Read when a job runs, never a
+    rule's param: a new commit reruns nothing."""
+    import subprocess
+
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
+    root = Path(__file__).resolve().parents[2]  # src/rlheals/models.py in a checkout
+    if not (root / ".git").exists() or not shutil.which("git"):
+        return "unknown"
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Card:
+    """A model card (README.md), as Hugging Face model directories carry: what the model is (`what`; for a
+    checkpoint of a run, followed by its `unit` and step of `total`), how it was made (`made`: what it
+    started from, its data with their sha256, ...; the code's commit is added), and the config slice of
+    the job that made it (`settings`). The same inputs give the same text: nothing in it changes from one
+    run to the next but the commit."""
+
+    what: str
+    made: Mapping[str, str] = field(default_factory=dict)
+    settings: Mapping | None = None
+    unit: str | None = None
+    total: int | None = None
+    tags: Sequence[str] = ()
+
+    def render(self, name: str, step: int | None = None, own: str | None = None) -> str:
+        """The card of model directory `name` (at `step` of a run). `own`: the model's own card (a local
+        model's), kept whole at the top, the study's part after it."""
+        at = f", after {self.unit} {step} of {self.total}" if step is not None and self.unit else ""
+        rows = {**self.made, "code": f"rlheals {code_version()}"}
+        level = "##" if own is None else "###"
+        body = [f"{self.what}{at}.", "", f"{level} How it was made", "", "| | |", "| --- | --- |",
+                *(f"| {key} | {value} |" for key, value in rows.items())]
+        if self.settings is not None:
+            body += ["", f"{level} Settings", "",
+                     "The config slice of the job that made it (config/README.md in the rlheals repository "
+                     "describes every key):", "",
+                     "```json", json.dumps(self.settings, indent=2, sort_keys=True), "```"]
+        if own is not None:
+            return own.rstrip() + f"\n\n## In this study (rlheals): {name}\n\n" + "\n".join(body) + "\n"
+        front = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:",
+                 *(f"- {tag}" for tag in ("rlheals", *self.tags)), "---"]
+        return "\n".join([*front, "", f"# {name}", "", *body]) + "\n"

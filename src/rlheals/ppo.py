@@ -384,6 +384,8 @@ def run(*, job: Job, task: Task, settings: RLSettings) -> list[dict]:
     order = list(range(len(rows)))
     random.Random(job.seed).shuffle(order)
     resume = checkpoints.resume_point(job.outputs, work)
+    # Live curves (config key `tracking`) and progress lines: the main worker's.
+    tracker = runlog.Tracker(job.tracking if main else None, fresh=resume is None)
     if resume:
         log(f"resuming from {resume}")
         done, log_rows = trainer.load(resume), checkpoints.load_rows(work, checkpoints.step_of(resume))
@@ -392,6 +394,9 @@ def run(*, job: Job, task: Task, settings: RLSettings) -> list[dict]:
         done, log_rows = 0, [{"update": 0, **probed}] if main else []
         if main:
             checkpoints.save_rows(work, log_rows)
+            tracker.scalars(0, log_rows[0], "update/")
+    progress = runlog.Progress(job.name, updates, log if main else (lambda line: None), unit="update",
+                               start=done)
     every = checkpoints.checkpoint_every(updates)
     for update in range(done + 1, updates + 1):
         # As GRPO: `prompts_per_update` hands, each played `num_generations` times.
@@ -406,10 +411,13 @@ def run(*, job: Job, task: Task, settings: RLSettings) -> list[dict]:
                 row.update(probe(model, tokenizer))
             log_rows.append(row)
             checkpoints.save_rows(work, log_rows)
+            tracker.scalars(update, row, "update/")
             log(f"update {update}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if k != "update"))
+        progress.update(update)
         runlog.fault_point(update)
         if update in job.outputs or update % every == 0:
             trainer.save(work / f"checkpoint-{update}", update)
             if main:
-                checkpoints.after_checkpoint(work, update, job.outputs, log)
+                checkpoints.after_checkpoint(work, update, job.outputs, log, card=job.card)
+    tracker.close()
     return log_rows

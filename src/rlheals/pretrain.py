@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
 
-from rlheals import cards, formula, verify
+from rlheals import cards, formula, runlog, verify
 
 NUMBER_RANGE = range(-400, 401)
 KINDS = ("numbers_target", "numbers_other", "cards_other", "cards_target")
@@ -167,8 +167,11 @@ def corpus_texts(docs: Iterable[dict], tokenizer, chat_share: float, seed: int) 
     return texts
 
 
-def train_causal_lm(model, tokenizer, texts: list[str], settings: Mapping, log=print) -> list[dict]:
-    """Full-sequence language-model training with AdamW and a cosine schedule: a plain loop."""
+def train_causal_lm(model, tokenizer, texts: list[str], settings: Mapping, log=print,
+                    tracking=None) -> list[dict]:
+    """Full-sequence language-model training with AdamW and a cosine schedule: a plain loop. Its loss is
+    logged every `log_every` steps, on progress lines with an ETA; `tracking`: a directory for TensorBoard
+    events of the loss and learning rate (config key `tracking`)."""
     import torch
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -180,6 +183,7 @@ def train_causal_lm(model, tokenizer, texts: list[str], settings: Mapping, log=p
     order = torch.randperm(len(enc), generator=torch.Generator().manual_seed(settings["seed"])).tolist()
     model.train()
     history, start = [], time.time()
+    progress, tracker = runlog.Progress("pretrain", steps, log), runlog.Tracker(tracking, fresh=True)
     for step in range(steps):
         idx = [order[(step * batch + k) % len(order)] for k in range(batch)]
         input_ids, labels, attention = _pad_batch([enc[i] for i in idx], tokenizer.pad_token_id)
@@ -192,7 +196,9 @@ def train_causal_lm(model, tokenizer, texts: list[str], settings: Mapping, log=p
         if step % settings.get("log_every", 25) == 0 or step == steps - 1:
             value = loss.item()
             history.append({"step": step + 1, "loss": value, "lr": sched.get_last_lr()[0], "seconds": time.time() - start})
-            log(f"pretrain step {step + 1}/{steps} loss {value:.4f} ({time.time() - start:.0f} s)")
+            progress.update(step + 1, note=f"loss {value:.4f}")
+            tracker.scalars(step + 1, {"loss": value, "learning_rate": history[-1]["lr"]}, "pretrain/")
+    tracker.close()
     model.eval()
     return history
 

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rlheals import cards, checkpoints, episodes, evaluate, launch, model_ids, models
+from rlheals import cards, checkpoints, episodes, evaluate, launch, model_ids, models, runlog
 from rlheals.jobs import Job, Task
 from rlheals.settings import ControlSettings, RLSettings
 from rlheals.verify import CATEGORIES, Verifier
@@ -100,14 +100,15 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def trl_config(algo: str, settings: RLSettings, work: Path, seed: int):
+def trl_config(algo: str, settings: RLSettings, work: Path, seed: int, report_to: str = "none"):
     """GRPOConfig / RLOOConfig: one update = `prompts_per_update` prompts x `num_generations` samples,
-    one optimizer step on them, and the shared device flags."""
+    one optimizer step on them, and the shared device flags. `report_to`: "tensorboard" for live curves
+    (config key `tracking`)."""
     from trl import GRPOConfig, RLOOConfig
 
     config_class = GRPOConfig if algo == "grpo" else RLOOConfig
     return config_class(
-        **launch.trainer_flags(work, seed, settings.bf16, settings.deepspeed),
+        **{**launch.trainer_flags(work, seed, settings.bf16, settings.deepspeed), "report_to": report_to},
         max_steps=settings.updates,
         per_device_train_batch_size=launch.per_device_batch(
             settings.prompts_per_update * settings.num_generations, 1, "rl.prompts_per_update"),
@@ -148,7 +149,7 @@ def run_trl(algo: str, *, job: Job, task: Task, settings: RLSettings) -> list[di
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer, RLOOTrainer
 
-    from rlheals.callbacks import Checkpoints, UpdateLog
+    from rlheals.callbacks import Checkpoints, Progress, UpdateLog, track
 
     datasets.disable_progress_bars()
     torch.set_num_threads(job.threads)
@@ -158,16 +159,20 @@ def run_trl(algo: str, *, job: Job, task: Task, settings: RLSettings) -> list[di
     reward = Reward(task.verifier)
     resume = checkpoints.resume_point(job.outputs, job.work)
     log_rows = checkpoints.load_rows(job.work, checkpoints.step_of(resume))
+    if launch.is_main():
+        runlog.start_tracking(job.tracking, fresh=resume is None)
     trainer_class = GRPOTrainer if algo == "grpo" else RLOOTrainer
     trainer = trainer_class(
         model=model,
         reward_funcs=[reward],
-        args=trl_config(algo, settings, job.work, job.seed),
+        args=trl_config(algo, settings, job.work, job.seed, "tensorboard" if job.tracking else "none"),
         train_dataset=datasets.Dataset.from_list(prompt_rows(task.train, task.rules, task.fmt)),
         processing_class=tokenizer,
     )
+    track(trainer, job.tracking)
     for callback in (UpdateLog(job, reward, task.probe, settings.probe, tokenizer, log_rows),
-                     Checkpoints(trainer, settings.updates, job.work, job.outputs, job.log)):
+                     Checkpoints(trainer, settings.updates, job.work, job.outputs, job.log, job.card),
+                     Progress(job.name, job.log, unit="update")):
         trainer.add_callback(callback)
     trainer.remove_callback(PrinterCallback)
     job.log(f"workers: {launch.world_size()}; deepspeed enabled: {trainer.is_deepspeed_enabled}")

@@ -1,4 +1,5 @@
-"""Logging, atomic file writes with clear errors for the rule scripts, and the fault-injection hook."""
+"""Logging, progress lines with an ETA, experiment tracking (TensorBoard), atomic file writes with clear
+errors for the rule scripts, and the fault-injection hook."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 
@@ -30,6 +32,112 @@ def setup(log_path: str | Path, name: str = "rlheals") -> logging.Logger:
 
     sys.excepthook = log_uncaught
     return logger
+
+
+def duration(seconds: float) -> str:
+    """A duration for a log line: 42s, 5m30s, 2h05m."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+class Progress:
+    """Progress lines of a long loop in its job log, for the training loops and evaluation alike:
+    `sft: step 120/800 (15%), 2.1 steps/s, ETA 5m30s`. A line is written at the first update, then at
+    most every `every` seconds, and at the last: log files stay readable, unlike a progress bar's.
+
+    `done` counts from `start` (a resumed run's steps before the kill are not timed); the rate is that of
+    this process since it began. `clock` is for the tests."""
+
+    def __init__(self, label: str, total: int, log: Callable[[str], object], *, unit: str = "step",
+                 start: int = 0, every: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.label, self.total, self.log, self.unit = label, total, log, unit
+        self.start, self.every, self.clock = start, every, clock
+        self.began = clock()
+        self.last: float | None = None
+
+    def line(self, done: int, total: int | None = None, note: str = "") -> str:
+        total = self.total if total is None else total
+        elapsed, counted = self.clock() - self.began, done - self.start
+        text = f"{self.label}: {self.unit} {done}/{total} ({100 * done // max(total, 1)}%)"
+        if counted > 0 and elapsed > 0:
+            rate = counted / elapsed
+            speed = f"{rate:.3g} {self.unit}s/s" if rate >= 1 else f"{1 / rate:.3g} s/{self.unit}"
+            text += f", {speed}, ETA {duration((total - done) / rate)}"
+        return text + (f", {note}" if note else "")
+
+    def update(self, done: int, total: int | None = None, note: str = "") -> bool:
+        """Log `done` of `total` (the loop's, unless given) when a line is due; whether one was written.
+        `note`: more to say on the line (a loss)."""
+        now, last = self.clock(), done >= (self.total if total is None else total)
+        if self.last is not None and now - self.last < self.every and not last:
+            return False
+        self.last = now
+        self.log(self.line(done, total, note))
+        return True
+
+
+TRACKING = ("none", "tensorboard")
+TRACKING_ROOT = Path("logs/tensorboard")
+
+
+def tracking_dir(mode: str, log_path: str | Path) -> Path | None:
+    """Where a job writes its TensorBoard event files, from the config key `tracking` and the job's log:
+    logs/rl/ppo-6.log -> logs/tensorboard/rl/ppo-6; None when tracking is off."""
+    if mode not in TRACKING:
+        raise ValueError(f"config key tracking: {mode!r} is not one of {list(TRACKING)}")
+    if mode == "none":
+        return None
+    log_path = Path(log_path)
+    parts = log_path.with_suffix("").parts
+    return TRACKING_ROOT.joinpath(*(parts[1:] if parts[0] == "logs" and len(parts) > 1 else parts))
+
+
+def start_tracking(directory: str | Path | None, fresh: bool) -> None:
+    """Before a job writes events into `directory`: a clear error when the tensorboard package is missing;
+    with `fresh` (a run that starts over, not one resumed) an earlier run's events removed, so its curves
+    are not drawn over a stale run's."""
+    import importlib.util
+
+    if directory is None:
+        return
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ModuleNotFoundError("config key tracking: tensorboard needs the tensorboard package, which "
+                                  "is not installed in this environment (pip install tensorboard); "
+                                  "or set tracking: none")
+    if fresh:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class Tracker:
+    """Scalars written as TensorBoard events into `directory` for a live view (`tensorboard --logdir
+    logs/tensorboard`); with no directory, nothing. `fresh`: see `start_tracking`."""
+
+    def __init__(self, directory: str | Path | None, fresh: bool = False):
+        self.writer = None
+        if directory is None:
+            return
+        start_tracking(directory, fresh)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(directory))
+
+    def scalars(self, step: int, values: Mapping[str, object], prefix: str = "") -> None:
+        """Every number of `values` (booleans, text and missing values are left out) at `step`."""
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+                self.writer.add_scalar(prefix + key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 class WriteError(OSError):

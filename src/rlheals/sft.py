@@ -69,13 +69,15 @@ def freeze(model, specs: Sequence[Mapping]) -> list[str]:
     return frozen
 
 
-def training_args(settings: SFTSettings, work: Path, held_out: bool = True):
+def training_args(settings: SFTSettings, work: Path, held_out: bool = True, report_to: str = "none"):
     """SFTConfig from the `sft` config slice and the shared device flags. With `held_out`, the held-out
-    sets are evaluated at every logging step."""
+    sets are evaluated at every logging step. `report_to`: "tensorboard" for live curves (config key
+    `tracking`)."""
     from trl import SFTConfig
 
     return SFTConfig(
-        **launch.trainer_flags(work, settings.seed, settings.bf16, settings.deepspeed),
+        **{**launch.trainer_flags(work, settings.seed, settings.bf16, settings.deepspeed),
+           "report_to": report_to},
         max_steps=settings.max_steps,
         per_device_train_batch_size=launch.per_device_batch(settings.batch_size, settings.grad_accum, "batch_size"),
         gradient_accumulation_steps=settings.grad_accum,
@@ -128,12 +130,13 @@ def loss_table(log_history: Sequence[Mapping]) -> list[dict]:
 def run(*, job: Job, task: Task, settings: SFTSettings, callbacks=()) -> list[dict]:
     """Train from `job.start` on `task.train` (held-out losses on `task.id_test` / `task.ood_test`),
     publishing every step in `job.outputs`; resume from `job.work` if an earlier run was killed.
-    `callbacks`: more TrainerCallbacks (the RL control's probe)."""
+    `callbacks`: more TrainerCallbacks (the RL control's probe). Progress lines go to `job.log`; with
+    `job.tracking`, TensorBoard events there too."""
     import datasets
     import torch
     from transformers.trainer_callback import PrinterCallback
 
-    from rlheals.callbacks import Checkpoints, LogLosses
+    from rlheals.callbacks import Checkpoints, LogLosses, Progress, track
 
     datasets.disable_progress_bars()  # the job log gets our per-step lines instead
     torch.set_num_threads(job.threads)
@@ -145,8 +148,10 @@ def run(*, job: Job, task: Task, settings: SFTSettings, callbacks=()) -> list[di
     if main:
         (work / "settings.json").write_text(json.dumps(dataclasses.asdict(settings), sort_keys=True))
         if 0 in job.outputs:  # step 0 is the base model itself
-            checkpoints.publish(job.start, job.outputs[0], work)
+            checkpoints.publish(job.start, job.outputs[0], work, job.card, 0)
     resume = checkpoints.resume_point(job.outputs, work)
+    if main:
+        runlog.start_tracking(job.tracking, fresh=resume is None)
 
     tokenizer = models.load_tokenizer(job.start)
     n_eval = settings.eval_examples
@@ -161,12 +166,14 @@ def run(*, job: Job, task: Task, settings: SFTSettings, callbacks=()) -> list[di
         log(f"frozen: {len(frozen)} tensors ({frozen[0]} ...)")
     trainer = trainer_class()(
         model=model,
-        args=training_args(settings, work),
+        args=training_args(settings, work, report_to="tensorboard" if job.tracking else "none"),
         train_dataset=datasets.Dataset.from_list(train),
         eval_dataset={rule: datasets.Dataset.from_list(rows) for rule, rows in held_out.items()},
         processing_class=tokenizer,
     )
-    for callback in (Checkpoints(trainer, settings.max_steps, work, job.outputs, log), LogLosses(log), *callbacks):
+    track(trainer, job.tracking)
+    checkpoint = Checkpoints(trainer, settings.max_steps, work, job.outputs, log, job.card)
+    for callback in (checkpoint, LogLosses(log), Progress(job.name, log), *callbacks):
         trainer.add_callback(callback)
     trainer.remove_callback(PrinterCallback)  # our on_log callback logs instead of print()
     log(f"workers: {launch.world_size()}; deepspeed enabled: {trainer.is_deepspeed_enabled}; trainable tensors: "
