@@ -1,3 +1,7 @@
+import sys
+
+from rlheals.report import record_config, report_config_problem
+
 LAST_SFT = study.last_sft
 STYLE = config["report"]
 
@@ -83,3 +87,18 @@ rule checkpoints_table:
         "../envs/analysis.yaml"
     script:
         "../scripts/checkpoints_table.py"
+
+
+# The study in results/ is the one of the last run that started jobs: its config is recorded there, and a
+# report made with another config (which would look for another study's outputs and show none of its
+# figures) stops here and says what to pass (rlheals.report.STUDY_CONFIG).
+STUDY_CONFIG_TEXT = canonical(config)
+REPORT_ONLY = any(a == "--report" or a.startswith("--report=") for a in sys.argv) and not any(
+    a == "--report-after-run" for a in sys.argv
+)
+if REPORT_ONLY and (problem := report_config_problem(STUDY_CONFIG_TEXT)):
+    raise WorkflowError(problem)
+
+
+onstart:
+    record_config(STUDY_CONFIG_TEXT)

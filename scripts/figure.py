@@ -5,23 +5,25 @@ import json
 
 import polars as pl
 
-from rlheals import figures, runlog, tables
+from rlheals import figures, model_ids, runlog, tables
 from rlheals.report import figure
 
 
 def label_pairs(rows: pl.DataFrame) -> tuple:
-    """The spectrum rows of every pair, each labelled by what it compares."""
-    return (rows.with_columns(
-        pl.when(pl.col("a") == "base").then(pl.lit("SFT: base -> ") + pl.col("b"))
-        .otherwise(pl.lit("RL: ") + pl.col("a") + " -> " + pl.col("b")).alias("pair")),)
+    """The spectrum rows of every pair, each labelled by what it compares (from the parsed ids: the
+    continued-SFT control is labelled control whatever its seeds)."""
+    what = pl.when(pl.col("a") == "base").then(pl.lit("SFT")).otherwise(
+        model_ids.role_of("b").replace_strict({"rl": "RL", "control": "control"}, default="pair"))
+    return (rows.with_columns(pl.format("{}: {} -> {}", what, "a", "b").alias("pair")),)
 
 
 def rotation_points(spectrum: pl.DataFrame, accuracy: pl.DataFrame) -> tuple:
-    """A point per RL model (rotation, OOD accuracy) and their rank correlation."""
+    """A point per SFT checkpoint (rotation to the base, OOD accuracy), their rank correlation and, where it
+    is undefined, why."""
     from rlheals import findings
 
     points = tables.rotation_points(spectrum, accuracy)
-    return points, findings.spearman(points["rotation"].to_list(), points["ood_accuracy"].to_list())
+    return points, *findings.rotation_correlation(points)
 
 
 def read(files) -> pl.DataFrame:

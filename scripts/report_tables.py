@@ -12,12 +12,11 @@ restoration = pl.read_parquet(snakemake.input.restoration)
 last = snakemake.params.last_sft
 recovery = tables.rl_recovery_table(accuracy)
 points = tables.rotation_points(spectrum, accuracy)
-found = pl.DataFrame(
+found = findings.table(
     [*findings.sft_forgetting(accuracy, losses), *findings.rl_healing(recovery),
      *findings.spectrum_stability(spectrum, pl.read_parquet(snakemake.input.by_rank), "base", last),
      *findings.rotation_predicts_ood(points), *findings.restoration_findings(restoration),
-     *findings.update_norms(spectrum, "base", last)],
-    schema_overrides={"value": pl.Float64, "reproduced": pl.Boolean})
+     *findings.update_norms(spectrum, "base", last)])
 out = {"sft_curve": tables.sft_curve(accuracy, losses), "rl_recovery": recovery,
        "update_norms": tables.update_norms(spectrum, last), "findings": found}
 for (name, table), parquet in zip(out.items(), snakemake.output.parquet):  # multiext keeps the order

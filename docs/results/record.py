@@ -77,11 +77,7 @@ def commit(results: Path, run_time: dict | None) -> str | None:
 def record(name: str, results: Path, configs: list[str]) -> str:
     tables = results / "tables"
     run_time = json.loads((results / "run_time.json").read_text()) if (results / "run_time.json").exists() else None
-    findings = pl.read_parquet(tables / "findings.parquet")
-    undefined = pl.col("note").str.contains("undefined") | pl.col("uncertainty").str.contains("undefined")
-    findings = findings.with_columns(
-        pl.when(pl.col("reproduced")).then(pl.lit("yes")).when(~pl.col("reproduced")).then(pl.lit("no"))
-        .when(undefined).then(pl.lit("undefined")).otherwise(pl.lit("no claim")).alias("reproduced"))
+    findings = pl.read_parquet(tables / "findings.parquet")  # reproduced: a word (docs/study.md)
     at = commit(results, run_time)
     parts = [f"# Results: the {name} study", "",
              "Written by `docs/results/record.py` from the study's result tables; do not edit by hand.", "",

@@ -134,3 +134,39 @@ def parse(model_id: str) -> dict:
         return {"stage": "rl", "algo": g["algo"], "sft_seed": sft_seed, "sft_step": int(g["rl_from"]),
                 "rl_update": int(g["update"]) if g["update"] else None, "seed": int(g["seed"]) if g["seed"] else None}
     return {"stage": "edit", "algo": g["edit"], "sft_seed": sft_seed, "sft_step": None, "rl_update": None, "seed": None}
+
+
+ROLES = ("base", "sft", "rl", "control", "edit")
+
+
+def role(model_id: str) -> str:
+    """What a model is, from its parsed id: base, sft, rl (trained by an RL algo), control (the continued-SFT
+    control: an RL-stage run of algo sft_continue) or edit. The SFT seed, the RL seed and the update never
+    change it: rl-seed1-sft_continue-200-s2-u10 is a control."""
+    fields = parse(model_id)
+    return "control" if fields["stage"] == "rl" and fields["algo"] == CONTROL else fields["stage"]
+
+
+def start(model_id: str) -> str | None:
+    """The SFT checkpoint an RL or control model started from (None for any other model)."""
+    fields = parse(model_id)
+    return sft(fields["sft_step"], fields["sft_seed"]) if fields["stage"] == "rl" else None
+
+
+def fields(column: str) -> "pl.Expr":
+    """`parse`, `role` and `start` of every id in a polars column, as a struct expression:
+
+        frame.filter(model_ids.fields("b").struct.field("role") == "control")
+
+    An id that is not a model id raises (naming it); a null stays null."""
+    import polars as pl  # here, not at the top: the Snakefile imports this module at parse time
+
+    dtype = pl.Struct({"stage": pl.String, "algo": pl.String, "sft_seed": pl.Int64, "sft_step": pl.Int64,
+                       "rl_update": pl.Int64, "seed": pl.Int64, "role": pl.String, "start": pl.String})
+    return pl.col(column).map_elements(lambda m: {**parse(m), "role": role(m), "start": start(m)},
+                                       return_dtype=dtype)
+
+
+def role_of(column: str) -> "pl.Expr":
+    """The role (one of ROLES) of every id in a polars column."""
+    return fields(column).struct.field("role")

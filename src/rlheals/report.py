@@ -8,8 +8,10 @@ every cluster job re-parses the Snakefile.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 # A figure input that is not one file but a list of files the workflow computes from the config:
@@ -113,3 +115,54 @@ def figure(name: str) -> Figure:
         if name in (fig.name, fig.rule):
             return fig
     raise KeyError(f"no figure called {name!r} in rlheals.report.FIGURES: {[f.name for f in FIGURES]}")
+
+
+# The config of the study in results/: every run that starts jobs records its whole config here (the
+# files and --config values merged, defaults filled in), so the report can be made for the study that
+# was run: `python3 tasks.py report`, or `snakemake --configfile results/study_config.json --report`.
+STUDY_CONFIG = "results/study_config.json"
+
+
+def record_config(config_text: str, path: str | Path = STUDY_CONFIG) -> None:
+    """Write the study's config (sorted-key JSON) to `path`, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(config_text + "\n")
+    tmp.replace(path)
+
+
+def config_differences(recorded: Mapping, current: Mapping, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configs, with both values."""
+    out = []
+    for key in sorted(set(recorded) | set(current), key=str):
+        name, a, b = f"{prefix}{key}", recorded.get(key), current.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_differences(a, b, f"{name}.")
+        elif a != b:
+            out.append(f"{name}: {_short(b)} here, {_short(a)} in the study")
+    return out
+
+
+def _short(value, width: int = 40) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def report_config_problem(config_text: str, path: str | Path = STUDY_CONFIG) -> str | None:
+    """Why a report made with this config would not show the study in results/ (None: it would, or no
+    study is recorded): the study there was run with another config, and the report would look for the
+    outputs of this one."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    recorded, current = json.loads(path.read_text()), json.loads(config_text)
+    if recorded == current:
+        return None
+    keys = config_differences(recorded, current)
+    shown = "; ".join(keys[:6]) + (f"; and {len(keys) - 6} more" if len(keys) > 6 else "")
+    return (f"the study in results/ was run with another config than this report's ({shown}). A report "
+            f"made with this config would look for the outputs of another study and show none of its "
+            f"figures. Make the report of the study that was run with its config, {path}:\n"
+            f"    python3 tasks.py report\n"
+            f"    snakemake --configfile {path} --report report.html")

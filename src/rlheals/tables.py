@@ -64,7 +64,6 @@ def restoration_table(edits: Mapping[str, Mapping], episodes: Mapping[str, Seque
     table = pl.DataFrame(rows, schema_overrides={"layers": pl.Float64, "layer_range": pl.String, "sft_seed": pl.Int64})
     return table.with_columns((pl.col("recovery") - 1.96 * pl.col("recovery_se")).alias("recovery_low"),
                               (pl.col("recovery") + 1.96 * pl.col("recovery_se")).alias("recovery_high"))
-    return pl.DataFrame(rows, schema_overrides={"layers": pl.Float64, "layer_range": pl.String})
 
 
 def rl_recovery_table(accuracy: pl.DataFrame) -> pl.DataFrame:
@@ -121,17 +120,24 @@ def sft_curve(accuracy: pl.DataFrame, losses: pl.DataFrame) -> pl.DataFrame:
 def update_norms(spectrum: pl.DataFrame, last_sft: str) -> pl.DataFrame:
     """||dW|| / ||W|| per layer and module: SFT (base -> last SFT step), RL and the continued-SFT control
     (SFT step -> the models started from it)."""
-    stage = (pl.when((pl.col("a") == "base") & (pl.col("b") == last_sft)).then(pl.lit("SFT"))
-             .when(pl.col("b").str.starts_with("rl-sft_continue-")).then(pl.lit("control"))
-             .when(pl.col("b").str.starts_with("rl-")).then(pl.lit("RL")).otherwise(None))
-    return (spectrum.with_columns(stage.alias("stage")).drop_nulls("stage")
+    return (spectrum.with_columns(update_stage(last_sft).alias("stage")).drop_nulls("stage")
             .select("stage", "a", "b", "matrix", "layer", "module", "relative_update_norm").sort("stage", "a", "b", "matrix"))
+
+
+def update_stage(last_sft: str) -> pl.Expr:
+    """What a compared pair (columns a, b) measures, from the parsed ids: "SFT" (base -> `last_sft`), "RL"
+    or "control" (an RL or control model's SFT start -> the model), null for any other pair."""
+    b = model_ids.fields("b")
+    from_start = pl.col("a") == b.struct.field("start")
+    return (pl.when((pl.col("a") == "base") & (pl.col("b") == last_sft)).then(pl.lit("SFT"))
+            .when(from_start & (b.struct.field("role") == "control")).then(pl.lit("control"))
+            .when(from_start & (b.struct.field("role") == "rl")).then(pl.lit("RL")).otherwise(None))
 
 
 def rotation_points(spectrum: pl.DataFrame, accuracy: pl.DataFrame) -> pl.DataFrame:
     """Per SFT step: the mean top-k principal angle to the base model (over every matrix) and the OOD
     accuracy, for the rotation-vs-OOD question."""
-    rotation = (spectrum.filter(pl.col("a") == "base", pl.col("b").str.contains(r"^(seed\d+-)?sft-\d+$"))
+    rotation = (spectrum.filter(pl.col("a") == "base", model_ids.role_of("b") == "sft")
                 .group_by("b").agg(pl.col("u_angle_mean_deg").mean().alias("rotation")))
     ood = accuracy.filter(pl.col("stage") == "sft", pl.col("rule") == "ood").select(
         pl.col("model_id").alias("b"), "sft_seed", "sft_step", pl.col("accuracy").alias("ood_accuracy"))
