@@ -141,7 +141,10 @@ NUMERIC = ("test_spectrum.py", "test_rl.py", "test_evaluate.py", "test_launch.py
            "test_decoding.py", "test_models.py")
 
 
+STUDIES = {"workflow", "smoke_study", "copy_of_smoke_study", "finished_study", "smoke_sft_from_scratch"}
+
+
 def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.path.name in NUMERIC:
+    for item in items:  # the workflow runs are covered by the first pass: their jobs take one thread each
+        if item.path.name in NUMERIC and not STUDIES & set(item.fixturenames):
             item.add_marker(pytest.mark.numeric)
