@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 sys.path.insert(0, str(ROOT / "src"))
 
-from rlheals import config, costs, resources  # noqa: E402
+from rlheals import config, costs, plan, resources  # noqa: E402
 from rlheals.costs import ASSUMPTIONS, GPUS  # noqa: E402
 
 
@@ -55,12 +55,7 @@ def job_counts(configfile: Path) -> dict:
             text=True,
             check=True,
         ).stdout
-    counts = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
-            counts[parts[0]] = int(parts[1])
-    return counts
+    return plan.job_counts(out)
 
 
 def estimate(configfile: Path, counts: dict | None = None) -> dict:

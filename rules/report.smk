@@ -91,7 +91,8 @@ rule checkpoints_table:
 
 # The study in results/ is the one of the last run that started jobs: its config is recorded there, and a
 # report made with another config (which would look for another study's outputs and show none of its
-# figures) stops here and says what to pass (rlheals.report.STUDY_CONFIG).
+# figures) stops here and says what to pass (rlheals.report.STUDY_CONFIG). Snakemake parses the workflow
+# before it knows it will only report, and tells the workflow nothing of it: the command line says so.
 STUDY_CONFIG_TEXT = canonical(config)
 REPORT_ONLY = any(a == "--report" or a.startswith("--report=") for a in sys.argv) and not any(
     a == "--report-after-run" for a in sys.argv
@@ -100,5 +101,6 @@ if REPORT_ONLY and (problem := report_config_problem(STUDY_CONFIG_TEXT)):
     raise WorkflowError(problem)
 
 
+# The workflow's only onstart handler (snakemake keeps the last one parsed; a test checks there is one).
 onstart:
     record_config(STUDY_CONFIG_TEXT)

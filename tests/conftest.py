@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlheals import report
+from rlheals import plan, report
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -44,13 +44,8 @@ class Workflow:
 
     def dry_run_jobs(self, *args, configfile="config/smoke.yaml", env=None) -> dict[str, int]:
         """Rule name -> number of jobs a dry run would run."""
-        out = self.run(*args, "-n", "--quiet", "rules", configfile=configfile, env=env).stdout  # targets first: --quiet takes values
-        jobs = {}
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
-                jobs[parts[0]] = int(parts[1])
-        return jobs
+        out = self.run(*args, "-n", "--quiet", "rules", configfile=configfile, env=env)  # targets first
+        return plan.job_counts(out.stdout)
 
     def assert_complete(self, what: str, env=None) -> None:
         """A dry run plans no job: every output is there and up to date (times, params, code, metadata)."""

@@ -25,16 +25,6 @@ restore:
 """
 
 
-def job_counts(out: str) -> dict[str, int]:
-    """Rule name -> jobs, from a dry run's `--quiet rules` table."""
-    counts = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
-            counts[parts[0]] = int(parts[1])
-    return counts
-
-
 def run_plan(workflow, *args, configfile=("config/smoke.yaml",)) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "rlheals.plan", *args, "--quiet", "rules", "--configfile", *configfile]
     return subprocess.run(cmd, cwd=workflow.path, capture_output=True, text=True)
@@ -71,7 +61,7 @@ def test_plan_lists_every_job_a_dry_run_cannot_see_yet(workflow):
     proc = run_plan(workflow, "--assume-b", "2", configfile=("config/smoke.yaml", named))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # With B = 2 and T = 6 assumed, the plan is the smoke study's own, and the checkpoint that chooses them.
-    assert job_counts(proc.stdout) == {**workflow.dry_run_jobs(), "choose_points": 1}
+    assert plan.job_counts(proc.stdout) == {**workflow.dry_run_jobs(), "choose_points": 1}
     # B is the first saved step after 0: no before_peak.
     assert ("rlheals plan: B = 2 ASSUMED (--assume-b), T = 6 ASSUMED (the last saved step, as the run will "
             "choose); RL starting points: peak 2, mid_decline 4, last 6") in proc.stdout
@@ -83,7 +73,7 @@ def test_plan_lists_every_job_a_dry_run_cannot_see_yet(workflow):
     points.write_text('{"B": 2, "T": 6, "before_peak": null, "peak": 2, "mid_decline": 4, "last": 6}')
     proc = run_plan(workflow, "--assume-b", "4", configfile=("config/smoke.yaml", named))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert job_counts(proc.stdout) == {**workflow.dry_run_jobs(), "choose_points": 1}
+    assert plan.job_counts(proc.stdout) == {**workflow.dry_run_jobs(), "choose_points": 1}
     assert "rlheals plan: B = 2, T = 6 as chosen (results/tables/sft_points.json)" in proc.stdout
     assert "ASSUMED" not in proc.stdout and "this dry run is the whole plan" in proc.stdout
 
@@ -91,7 +81,7 @@ def test_plan_lists_every_job_a_dry_run_cannot_see_yet(workflow):
 def test_plan_of_a_config_that_names_every_step_says_it_is_the_whole_plan(workflow):
     proc = run_plan(workflow)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert job_counts(proc.stdout) == workflow.dry_run_jobs()
+    assert plan.job_counts(proc.stdout) == workflow.dry_run_jobs()
     assert "the config names no point read off the SFT curve: this dry run is the whole plan" in proc.stdout
     assert "ASSUMED" not in proc.stdout
 
@@ -131,10 +121,17 @@ def test_the_readme_quotes_the_default_studys_dry_run_and_plan(workflow):
     plain = workflow.dry_run_jobs(configfile="config/config.yaml")
     proc = run_plan(workflow, configfile=("config/config.yaml",))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    full = job_counts(proc.stdout)
+    full = plan.job_counts(proc.stdout)
     assert "rl" not in plain and full["rl"] == 16  # 4 starting points x (ppo + control) x 2 seeds
     assert plain["evaluate"] == 11 < full["evaluate"]  # the SFT checkpoints; then every model
     assert all(plain[rule] == full[rule] == 1 for rule in ("base_tiny", "sft", "choose_points"))
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"`snakemake -n` on the default study lists {sum(plain.values())} jobs" in readme
     assert f"# every job: {sum(full.values())} for the default study" in readme
+
+
+def test_job_counts_reads_the_rules_table_and_nothing_else():
+    table = "Building DAG of jobs...\nJob stats:\njob        count\n---------  -----\nall            1\n" \
+            "evaluate      11\nsft            1\ntotal         13\n\nrlheals plan: B = 2 ASSUMED\n"
+    assert plan.job_counts(table) == {"all": 1, "evaluate": 11, "sft": 1}
+    assert plan.job_counts("Nothing to be done (all requested files are present and up to date).") == {}

@@ -75,6 +75,16 @@ def chosen_note(seed: int | None, points: Mapping[str, int | None], path: str) -
             f"RL starting points: {_starts(points)}")
 
 
+def job_counts(table: str) -> dict[str, int]:
+    """Rule name -> number of jobs, from the table a dry run prints with `--quiet rules`."""
+    counts = {}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
 def note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
