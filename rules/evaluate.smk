@@ -28,6 +28,7 @@ rule accuracy_table:
     output:
         parquet="results/tables/accuracy.parquet",
         csv="results/tables/accuracy.csv",
+        hands="results/tables/hands.parquet",
     log:
         "logs/tables/accuracy.log",
     localrule: True

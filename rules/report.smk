@@ -40,10 +40,10 @@ for fig in FIGURES:
 rule report_tables:
     input:
         accuracy="results/tables/accuracy.parquet",
+        hands="results/tables/hands.parquet",
         losses=SFT_LOGS,
         spectrum="results/tables/spectrum.parquet",
         restoration="results/tables/restoration.parquet",
-        by_rank=f"results/spectrum/base__{LAST_SFT}.parquet",
     output:
         sft_curve=report("results/tables/sft_curve.csv", caption="captions/sft_curve.rst", category="Tables"),
         rl_recovery=report(
@@ -65,6 +65,11 @@ rule report_tables:
     params:
         code=code_of("report_tables.py"),
         last_sft=LAST_SFT,
+        # what finding 5 needs to say whether RL and SFT ran at a matched dose
+        doses={
+            "sft": {"lr": config["sft"]["lr"], "steps": config["sft"]["max_steps"]},
+            "rl": {"lr": config["rl"]["lr"], "updates": config["rl"]["updates"]},
+        },
     localrule: True
     conda:
         "../envs/analysis.yaml"

@@ -6,17 +6,18 @@ from rlheals import findings, runlog, tables
 
 log = runlog.setup(snakemake.log[0])
 accuracy = pl.read_parquet(snakemake.input.accuracy)
+hands = pl.read_parquet(snakemake.input.hands)
 losses = tables.read_sft_logs(snakemake.input.losses)
 spectrum = pl.read_parquet(snakemake.input.spectrum)
 restoration = pl.read_parquet(snakemake.input.restoration)
 last = snakemake.params.last_sft
-recovery = tables.rl_recovery_table(accuracy)
+recovery = tables.rl_recovery_table(accuracy, hands)
 points = tables.rotation_points(spectrum, accuracy)
 found = findings.table(
-    [*findings.sft_forgetting(accuracy, losses), *findings.rl_healing(recovery),
-     *findings.spectrum_stability(spectrum, pl.read_parquet(snakemake.input.by_rank), "base", last),
+    [*findings.sft_forgetting(accuracy, losses, hands), *findings.rl_healing(recovery),
+     *findings.spectrum_stability(spectrum, "base", last),
      *findings.rotation_predicts_ood(points), *findings.restoration_findings(restoration),
-     *findings.update_norms(spectrum, "base", last)])
+     *findings.update_norms(spectrum, "base", last, snakemake.params.doses)])
 out = {"sft_curve": tables.sft_curve(accuracy, losses), "rl_recovery": recovery,
        "update_norms": tables.update_norms(spectrum, last), "findings": found}
 for (name, table), parquet in zip(out.items(), snakemake.output.parquet):  # multiext keeps the order

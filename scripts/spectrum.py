@@ -13,8 +13,10 @@ a, b = snakemake.wildcards.a, snakemake.wildcards.b
 weights_a, weights_b = models.load_weights(snakemake.input.model_a), models.load_weights(snakemake.input.model_b)
 layout_a.check(weights_a, snakemake.input.model_a)
 layout_b.check(weights_b, snakemake.input.model_b)
+# SFT's pairs (from the base) carry a random update of the same size per matrix, the null the findings
+# decide "rotation, not singular values" against; seeded, so every run draws the same.
 rows = spectrum.compare_models(weights_a, weights_b, svds_a, svds_b, snakemake.params.top_share, (layout_a, layout_b),
-                               models=(a, b))
+                               models=(a, b), null_seed=0 if a == "base" else None)
 table = pl.DataFrame(rows, schema_overrides={"layer": pl.Int64, "rank_index": pl.Int64}).select(
     pl.lit(a).alias("a"), pl.lit(b).alias("b"), pl.all())
 runlog.write_atomic(snakemake.output[0], table.write_parquet)

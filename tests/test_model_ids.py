@@ -92,3 +92,16 @@ def test_spectrum_pairs_are_labelled_from_parsed_ids():
                                           "control: seed1-sft-800 -> rl-seed1-sft_continue-800-s2",
                                           "control: seed0-sft-800 -> rl-seed0-sft_continue-800-s1",
                                           "SFT: base -> seed1-sft-800"]
+
+
+def test_rl_against_sft_update_norms_are_undefined_unless_at_a_matched_dose():
+    from rlheals import findings
+
+    pairs = [("base", "sft-6"), ("sft-6", "rl-grpo-6"), ("sft-6", "rl-sft_continue-6")]
+    doses = {"sft": {"lr": 3e-4, "steps": 800}, "rl": {"lr": 1e-5, "updates": 60}}
+    smaller, modules = findings.update_norms(spectrum_rows(pairs), "base", "sft-6", doses)
+    assert smaller["value"] == pytest.approx(2.0)  # the control's pair is not RL's
+    assert smaller["reproduced"] == "undefined" and "not at a matched dose" in smaller["note"]
+    assert "0.0003 x 800 steps = 0.24" in smaller["note"]
+    assert "1e-05 x 60 updates = 0.0006" in smaller["note"]
+    assert findings.update_norms(spectrum_rows(pairs), "base", "sft-6")[0]["reproduced"] == "undefined"

@@ -1,7 +1,9 @@
 import ast
 import inspect
+from collections import Counter
 import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -16,81 +18,167 @@ from rlheals import figures, findings, tables
 from rlheals.report import FIGURES, SFT_LOG_FILES, SPECTRUM_PAIR_FILES, figure
 
 
-def accuracy_rows(ood_by_step: dict[int, float], rl: dict[tuple[str, int, int], float] = {}, n: int = 500,
-                  id_by_step: dict[int, float] | None = None) -> pl.DataFrame:
-    """An accuracy table as the workflow writes it: SFT steps (ID = OOD + 5 points unless given) and RL models."""
-    episodes = {}
-    for step, acc in ood_by_step.items():
-        for rule, a in (("ood", acc), ("id", acc + 0.05 if id_by_step is None else id_by_step[step])):
-            k = round(a * n)
-            episodes.setdefault(f"sft-{step}", []).extend(
-                [{"rule": rule, "correct": i < k, "first_correct": i < k, "format_error": False, "value_mapping": True,
-                  "tries": 1} for i in range(n)])
-    for (algo, step, seed), acc in rl.items():
+def episodes(ood_by_step: dict[int, float], rl: dict[tuple[str, int, int], float] = {}, n: int = 500,
+             id_by_step: dict[int, float] | None = None, id_rl: dict[tuple[str, int, int], float] = {},
+             independent: bool = False) -> dict:
+    """Episode results as the evaluation writes them: SFT steps (ID = OOD + 5 points unless given) and RL
+    models (OOD; ID where id_rl gives it). A model at accuracy a solves the first a*n hands, or, when
+    `independent`, a*n hands drawn at random for each model (seeded)."""
+    draw = random.Random(0)
+
+    def rows(rule: str, acc: float) -> list[dict]:
         k = round(acc * n)
-        episodes[f"rl-{algo}-{step}-s{seed}"] = [{"rule": "ood", "correct": i < k, "first_correct": i < k,
-                                                  "format_error": False, "value_mapping": True, "tries": 1} for i in range(n)]
-    return tables.accuracy_table(episodes)
+        solved = set(draw.sample(range(n), k)) if independent else set(range(k))
+        return [{"episode": f"{rule}-{i:04d}", "rule": rule, "correct": i in solved, "first_correct": i in solved,
+                 "format_error": False, "value_mapping": True, "tries": 1} for i in range(n)]
+
+    out = {}
+    for step, acc in ood_by_step.items():
+        out[f"sft-{step}"] = rows("ood", acc) + rows("id", acc + 0.05 if id_by_step is None else id_by_step[step])
+    for (algo, step, seed), acc in rl.items():
+        key = (algo, step, seed)
+        out[f"rl-{algo}-{step}-s{seed}"] = rows("ood", acc) + (rows("id", id_rl[key]) if key in id_rl else [])
+    return out
+
+
+def accuracy_rows(*args, **kwargs) -> pl.DataFrame:
+    """An accuracy table as the workflow writes it, of `episodes(...)`."""
+    return tables.accuracy_table(episodes(*args, **kwargs))
+
+
+def hand_rows(*args, **kwargs) -> pl.DataFrame:
+    """The hands table of the same `episodes(...)`."""
+    return tables.hands_table(episodes(*args, **kwargs))
+
+
+def forgetting(ood: dict[int, float], losses: pl.DataFrame, **kwargs) -> list[dict]:
+    return findings.sft_forgetting(accuracy_rows(ood, **kwargs), losses, hand_rows(ood, **kwargs))
 
 
 def test_forgetting_is_found_only_when_the_peak_clearly_beats_the_end():
     losses = pl.DataFrame({"step": [0, 100, 200, 300], "train_loss": [2.0, 1.0, 0.5, 0.2], "ood_loss": [2.0, 0.9, 1.0, 1.5]})
     rising = {0: 0.05, 100: 0.2, 200: 0.3, 300: 0.4}
-    peaked = findings.sft_forgetting(accuracy_rows({0: 0.03, 100: 0.15, 200: 0.10, 300: 0.04}, id_by_step=rising), losses)
+    peaked = forgetting({0: 0.03, 100: 0.15, 200: 0.10, 300: 0.04}, losses, id_by_step=rising)
     assert peaked[0]["reproduced"] == "yes" and peaked[0]["value"] == pytest.approx(11.0)
-    assert "peak at step 100 of 300" in peaked[0]["note"]
+    assert "best at step 100 of 300" in peaked[0]["note"]
     # The same OOD curve while ID stays where the base model was: not the papers' forgetting.
-    still = findings.sft_forgetting(accuracy_rows({0: 0.03, 100: 0.15, 200: 0.10, 300: 0.04}), losses)
+    still = forgetting({0: 0.03, 100: 0.15, 200: 0.10, 300: 0.04}, losses)
     assert still[0]["reproduced"] == "no" and "ID 8.0% at the base, 9.0% at the end" in still[0]["note"]
-    assert peaked[1]["reproduced"] == "no"  # the lowest OOD loss is at the best-OOD step here
-    flat = findings.sft_forgetting(accuracy_rows({0: 0.05, 100: 0.06, 200: 0.055, 300: 0.05}), losses)
+    assert peaked[2]["reproduced"] == "no"  # the lowest OOD loss is at the best-OOD step here
+    flat = forgetting({0: 0.05, 100: 0.06, 200: 0.055, 300: 0.05}, losses)
     # A one-point bump: no best checkpoint.
-    assert flat[0]["reproduced"] == flat[1]["reproduced"] == "undefined"
+    assert flat[0]["reproduced"] == flat[2]["reproduced"] == "undefined"
     assert flat[0]["note"].startswith("undefined: OOD accuracy is flat")
     early = losses.with_columns(ood_loss=pl.Series([2.0, 1.0, 0.9, 1.5]))  # the loss picks step 200
-    picked = findings.sft_forgetting(accuracy_rows({0: 0.03, 100: 0.15, 200: 0.14, 300: 0.04}), early)
-    assert picked[1]["reproduced"] == "undefined" and "within the best one's interval" in picked[1]["note"]
-    missed = findings.sft_forgetting(accuracy_rows({0: 0.03, 100: 0.15, 200: 0.05, 300: 0.04}), early)
-    assert missed[1]["reproduced"] == "yes" and missed[1]["value"] == 100
+    picked = forgetting({0: 0.03, 100: 0.15, 200: 0.14, 300: 0.04}, early)
+    assert picked[2]["reproduced"] == "undefined" and "within the best one's interval" in picked[2]["note"]
+    missed = forgetting({0: 0.03, 100: 0.15, 200: 0.05, 300: 0.04}, early)
+    assert missed[2]["reproduced"] == "yes" and missed[2]["value"] == 100
+
+
+def test_a_rise_above_the_base_and_the_decline_are_decided_apart():
+    losses = pl.DataFrame({"step": [0, 100, 200], "train_loss": [2.0, 1.0, 0.5], "ood_loss": [2.0, 0.9, 1.0]})
+    rising = {0: 0.05, 100: 0.3, 200: 0.4}
+    # Monotone forgetting: OOD never above the base. It declines (yes), it never rose (no).
+    monotone = forgetting({0: 0.20, 100: 0.19, 200: 0.04}, losses, id_by_step=rising)
+    assert [r["claim"].split(" ")[2] for r in monotone[:2]] == ["declines", "raises"]
+    assert monotone[0]["reproduced"] == "yes" and monotone[1]["reproduced"] == "no"
+    assert monotone[1]["value"] == pytest.approx(-1.0)
+    # A rise of 12 points over the base on 500 paired hands: beyond its interval.
+    peaked = forgetting({0: 0.03, 100: 0.15, 200: 0.04}, losses, id_by_step=rising)
+    assert peaked[1]["reproduced"] == "yes" and peaked[1]["value"] == pytest.approx(12.0)
+    low = float(re.search(r"\[(.+?),", peaked[1]["uncertainty"]).group(1))
+    assert 0 < low < 12.0
+    # One point above the base, on hands each model solves at random: within the noise, not shown.
+    bump = forgetting({0: 0.10, 100: 0.11, 200: 0.01}, losses, id_by_step=rising, independent=True)
+    assert bump[1]["reproduced"] == "no" and "-" in bump[1]["uncertainty"].split(",")[0]
 
 
 def test_findings_on_a_study_where_every_accuracy_is_zero_are_undefined_not_reproduced():
     losses = pl.DataFrame({"step": [0, 2, 4, 6], "train_loss": [6.0, 5.0, 4.0, 3.0], "ood_loss": [6.0, 5.5, 5.2, 5.4]})
-    rows = findings.sft_forgetting(accuracy_rows({0: 0.0, 2: 0.0, 4: 0.0, 6: 0.0}, n=24), losses)
-    assert [r["reproduced"] for r in rows] == ["undefined", "undefined"]
+    rows = forgetting({0: 0.0, 2: 0.0, 4: 0.0, 6: 0.0}, losses, n=24)
+    assert [r["reproduced"] for r in rows] == ["undefined"] * 3
     assert all(r["note"].count("undefined") == 1 for r in rows)
 
 
-def test_rl_healing_compares_with_the_control_across_seeds():
-    acc = accuracy_rows({0: 0.02, 100: 0.10, 200: 0.03},
-                        {("grpo", 200, 1): 0.09, ("grpo", 200, 2): 0.08, ("sft_continue", 200, 1): 0.04, ("sft_continue", 200, 2): 0.05,
-                         ("grpo", 100, 1): 0.10, ("grpo", 100, 2): 0.12, ("sft_continue", 100, 1): 0.11, ("sft_continue", 100, 2): 0.09})
-    recovery = tables.rl_recovery_table(acc)
+RL_ARMS = {("grpo", 200, 1): 0.09, ("grpo", 200, 2): 0.08, ("sft_continue", 200, 1): 0.04,
+           ("sft_continue", 200, 2): 0.05, ("grpo", 100, 1): 0.10, ("grpo", 100, 2): 0.12,
+           ("sft_continue", 100, 1): 0.11, ("sft_continue", 100, 2): 0.09}
+
+
+def recovery_of(ood: dict[int, float], rl: dict, n: int = 500, **kwargs) -> pl.DataFrame:
+    return tables.rl_recovery_table(accuracy_rows(ood, rl, n=n, **kwargs), hand_rows(ood, rl, n=n, **kwargs))
+
+
+def test_rl_healing_is_decided_only_where_sft_lost_something():
+    # B = step 100 (10%) above the base (2%); step 200 lost 7 points of it; RL from 200 gets 5.5 back.
+    recovery = recovery_of({0: 0.02, 100: 0.10, 200: 0.03}, RL_ARMS)
     row = recovery.filter(pl.col("algo") == "grpo", pl.col("sft_step") == 200, pl.col("rule") == "ood").row(0, named=True)
-    assert row["acc_after"] == pytest.approx(0.085) and row["n_seeds"] == 2
-    assert row["recovered_share"] == pytest.approx((0.085 - 0.03) / (0.10 - 0.03))
-    # The standard error of a mean over seeds: never below one evaluation's binomial noise.
-    assert row["acc_after_se"] == pytest.approx(math.sqrt((0.09 * 0.91 + 0.08 * 0.92) / 2 / 500 / 2))
+    assert row["acc_after"] == pytest.approx(0.085) and row["n_seeds"] == 2 and row["ref"] == "sft-100"
+    assert row["drop"] == pytest.approx(0.07) and row["drop_beyond_noise"]
+    assert row["recovered_share"] == pytest.approx(0.055 / 0.07)
+    assert row["heal_low"] > 0 and row["recovered_share_low"] < row["recovered_share"] < row["recovered_share_high"]
     healed = {r["claim"]: r for r in findings.rl_healing(recovery)}
-    up = healed["RL (grpo) from SFT step 200 restores OOD accuracy beyond the control"]
-    assert up["reproduced"] == "yes" and up["value"] == pytest.approx(4.0)
-    assert "interval lies above 0" in up["note"]
-    low, high = map(float, re.search(r"\[(.+), (.+)\]", up["uncertainty"]).groups())
+    up = healed["RL (grpo) from SFT step 200 heals OOD forgetting: recovers at least half of what SFT lost"]
+    assert up["reproduced"] == "yes" and up["value"] == pytest.approx(0.055 / 0.07)
+    assert "Holm-adjusted p" in up["uncertainty"]
+    # From B itself nothing was lost: no recovered share, and no verdict.
+    at_b = healed["RL (grpo) from SFT step 100 heals OOD forgetting: recovers at least half of what SFT lost"]
+    assert at_b["reproduced"] == "undefined" and at_b["value"] is None
+    assert at_b["note"].startswith("undefined: nothing was lost by this start beyond noise")
+    less = healed["RL (grpo) from SFT step 200 forgets less OOD than continued SFT"]
+    assert less["reproduced"] == "yes" and less["value"] == pytest.approx(4.0)
+    low, high = map(float, re.search(r"\[(.+?), (.+?)\]", less["uncertainty"]).groups())
     assert 0 < low < 4.0 < high
-    tied = healed["RL (grpo) from SFT step 100 restores OOD accuracy beyond the control"]
-    assert tied["reproduced"] == "no" and "interval holds 0" in tied["note"]
-    zero = tables.rl_recovery_table(accuracy_rows({0: 0.0, 6: 0.0}, {("grpo", 6, 1): 0.0, ("sft_continue", 6, 1): 0.0}, n=24))
-    tied_at_zero, = findings.rl_healing(zero)
-    assert tied_at_zero["reproduced"] == "undefined" and "undefined" in tied_at_zero["note"]
+    tied = healed["RL (grpo) from SFT step 100 forgets less OOD than continued SFT"]
+    assert tied["reproduced"] == "no"
+    zero = recovery_of({0: 0.0, 6: 0.0}, {("grpo", 6, 1): 0.0, ("sft_continue", 6, 1): 0.0}, n=24)
+    assert [r["reproduced"] for r in findings.rl_healing(zero)] == ["undefined", "undefined"]
     window = figures.recovery_window(recovery)
     assert window.height == 1 and window["start"][0] == 150.0 and window["end"][0] == 200.0
 
 
-def test_recovery_standard_error_and_rank_correlation():
-    from rlheals import restore
+def test_the_intervals_count_the_spread_between_rl_seeds():
+    # The same mean gain of 4.8 points over the control: with seeds that agree it is decided; with
+    # seeds 16 points apart (one degree of freedom each) it is not.
+    ood = {0: 0.16, 10: 0.15, 20: 0.10}
+    agree = {("ppo", 20, 1): 0.148, ("ppo", 20, 2): 0.148, ("sft_continue", 20, 1): 0.10, ("sft_continue", 20, 2): 0.10}
+    spread = {("ppo", 20, 1): 0.068, ("ppo", 20, 2): 0.228, ("sft_continue", 20, 1): 0.10,
+              ("sft_continue", 20, 2): 0.10}
+    for arms, verdict in ((agree, "yes"), (spread, "no")):
+        rows = {r["claim"]: r for r in findings.rl_healing(recovery_of(ood, arms))}
+        row = rows["RL (ppo) from SFT step 20 forgets less OOD than continued SFT"]
+        assert row["value"] == pytest.approx(4.8) and row["reproduced"] == verdict, row
 
-    se = restore.recovery_se(0.15, 0.20, 0.10, 500)
-    assert 0.1 < se < 0.5 and math.isnan(restore.recovery_se(0.1, 0.1, 0.1, 500))
+
+def test_no_finding_reads_yes_where_its_interval_holds_zero_or_its_denominator_is_noise():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    decided = Counter()
+    for _ in range(40):
+        ood = {0: rng.uniform(0, 0.2), 10: rng.uniform(0, 0.3), 20: rng.uniform(0, 0.2), 30: rng.uniform(0, 0.2)}
+        means = {(algo, step): rng.uniform(0.02, 0.3) for algo in ("ppo", "sft_continue") for step in (10, 30)}
+        arms = {(*arm, s): mean + rng.uniform(-0.02, 0.02) for arm, mean in means.items() for s in (1, 2)}
+        recovery = recovery_of(ood, arms, n=200, independent=True)
+        stats = {(r["algo"], r["sft_step"]): r for r in recovery.filter(pl.col("rule") == "ood").iter_rows(named=True)}
+        for row in findings.rl_healing(recovery):
+            decided[("heals" in row["claim"], row["reproduced"])] += 1
+            if row["reproduced"] != "yes":
+                continue
+            step = int(re.search(r"step (\d+)", row["claim"]).group(1))
+            r = stats[("ppo", step)]
+            if "heals" in row["claim"]:
+                assert r["drop_beyond_noise"] and r["drop_low"] > 0 and r["heal_low"] > 0, (row, r)
+                assert r["recovered_share"] >= 0.5
+            else:
+                assert r["vs_control_low"] > 0, (row, r)
+    # Every verdict occurs among the draws, so the checks above were exercised.
+    assert all(decided[(heals, verdict)] for heals in (True, False) for verdict in ("yes", "no")), decided
+    assert decided[(True, "undefined")]
+
+
+def test_rank_correlation():
     assert findings.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert findings.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
 
@@ -103,7 +191,7 @@ def test_a_rank_correlation_that_cannot_be_computed_says_so(tmp_path):
     assert findings.rotation_correlation(flat) == (None, "undefined: OOD accuracy is 0.0% at every SFT step")
     row, = findings.rotation_predicts_ood(flat)
     assert row["value"] is None and row["reproduced"] == "no claim"
-    assert row["note"].startswith("undefined: OOD")
+    assert row["note"].startswith("dropped: in one SFT run") and "(undefined: OOD" in row["note"]
     chart = figures.rotation_vs_ood(flat, *findings.rotation_correlation(flat))
     figures.save(chart, tmp_path / "f.svg", tmp_path / "f.html")
     svg = (tmp_path / "f.svg").read_text()
@@ -113,6 +201,28 @@ def test_a_rank_correlation_that_cannot_be_computed_says_so(tmp_path):
     chart = figures.rotation_vs_ood(rising, *findings.rotation_correlation(rising))
     figures.save(chart, tmp_path / "g.svg", tmp_path / "g.html")
     assert "Spearman -1.00" in (tmp_path / "g.svg").read_text()
+
+
+def test_rotation_is_correlated_with_ood_only_with_the_step_held_fixed():
+    # One SFT run: rotation rises with the step and OOD falls, a perfect rank correlation that is the
+    # step's. The claim is dropped, saying why.
+    one = pl.DataFrame({"sft_seed": [None] * 4, "sft_step": [2, 4, 6, 8], "rotation": [1.0, 2.0, 3.0, 4.0],
+                        "ood_accuracy": [0.2, 0.15, 0.1, 0.05]}, schema_overrides={"sft_seed": pl.Int64})
+    row, = findings.rotation_predicts_ood(one)
+    assert row["value"] is None and "follows the step (Spearman with the step +1.00)" in row["note"]
+    assert "(-1.00)" in row["note"]
+    # Three seeds: at every step the seed that rotated most has the least OOD, whatever the step's trend.
+    steps = [2, 4, 6, 8]
+    rows = [{"sft_seed": seed, "sft_step": step, "rotation": step + 0.1 * seed, "ood_accuracy": 0.3 - 0.01 * step
+             - 0.001 * seed} for seed in (0, 1, 2) for step in steps]
+    seeded = pl.DataFrame(rows)
+    row, = findings.rotation_predicts_ood(seeded)
+    assert row["value"] < -0.9 and "3 SFT seeds at 4 steps" in row["uncertainty"]
+    # The same seeds with OOD unrelated to the rotation within a step: no correlation left.
+    shuffled = seeded.with_columns(ood_accuracy=pl.Series([0.3 - 0.01 * r["sft_step"] + 0.001 * ((r["sft_seed"] + r["sft_step"] // 2) % 3)
+                                                           for r in rows]))
+    row, = findings.rotation_predicts_ood(shuffled)
+    assert abs(row["value"]) < 0.5
 
 
 def axis_labels(svg: str) -> list[str]:
@@ -127,7 +237,8 @@ def test_step_axes_tick_whole_steps_only(tmp_path):
                         {("grpo", 6, 1): 0.09, ("sft_continue", 6, 1): 0.04})
     losses = pl.DataFrame({"step": [0, 2, 4, 6], "train_loss": [2.0, 1.0, 0.5, 0.4],
                            "ood_loss": [2.0, 0.9, 1.0, 1.1]})
-    for name, chart in (("curve", figures.sft_accuracy(acc, losses, tables.rl_recovery_table(acc))),
+    recovery = recovery_of({0: 0.02, 2: 0.10, 4: 0.06, 6: 0.03}, {("grpo", 6, 1): 0.09, ("sft_continue", 6, 1): 0.04})
+    for name, chart in (("curve", figures.sft_accuracy(acc, losses, recovery)),
                         ("errors", figures.format_errors(acc))):
         figures.save(chart, tmp_path / f"{name}.svg", tmp_path / f"{name}.html")
         labels = axis_labels((tmp_path / f"{name}.svg").read_text())
@@ -219,7 +330,8 @@ def test_the_table_of_figures_imports_nothing_heavy():
 def test_figures_render_offline_to_svg(tmp_path):
     acc = accuracy_rows({0: 0.02, 100: 0.10, 200: 0.03}, {("grpo", 200, 1): 0.09, ("sft_continue", 200, 1): 0.04})
     losses = pl.DataFrame({"step": [0, 100, 200], "train_loss": [2.0, 1.0, 0.5], "ood_loss": [2.0, 0.9, 1.0]})
-    chart = figures.sft_accuracy(acc, losses, tables.rl_recovery_table(acc))
+    chart = figures.sft_accuracy(acc, losses, recovery_of({0: 0.02, 100: 0.10, 200: 0.03},
+                                                          {("grpo", 200, 1): 0.09, ("sft_continue", 200, 1): 0.04}))
     figures.save(chart, tmp_path / "f.svg", tmp_path / "f.html")
     svg, html = (tmp_path / "f.svg").read_text(), (tmp_path / "f.html").read_text()
     assert svg.startswith("<svg") and "Accuracy vs SFT step" in svg and svg.count("<path") > 10
@@ -227,24 +339,19 @@ def test_figures_render_offline_to_svg(tmp_path):
 
 
 def restoration_rows(*specs, n: int = 500, sft_seed: int | None = None) -> pl.DataFrame:
-    """A restoration table as tables.restoration_table writes it, from (edit, kind, fields) specs whose
-    fields give the edit's share (top, tail or layers), its B and T and the three OOD accuracies."""
-    from rlheals import restore
-
-    rows = []
+    """A restoration table written by tables.restoration_table, from (edit, kind, fields) specs whose fields
+    give the edit's share (top, tail or layers), its B and T and the three OOD accuracies (each model
+    solves the first accuracy * n hands)."""
+    edits, scored = {}, {}
     for edit, kind, f in specs:
-        acc, base, target = f["acc"], f.get("acc_base", 0.034), f.get("acc_target", 0.034)
-        se = restore.recovery_se(acc, base, target, n)
-        fraction = restore.recovery(acc, base, target)
-        rows.append({"edit": edit, "sft_seed": sft_seed, "kind": kind, "base": f.get("base", "sft-200"),
-                     "target": f.get("target", "sft-600"), "top": f.get("top", 0.0),
-                     "tail": f.get("tail", 0.0), "layers": f.get("layers"), "layer_range": None,
-                     "rule": "ood",
-                     "n_episodes": n, "acc_edit": acc, "acc_base": base, "acc_target": target,
-                     "recovery": fraction, "recovery_se": se, "recovery_low": fraction - 1.96 * se,
-                     "recovery_high": fraction + 1.96 * se})
-    schema = {"layers": pl.Float64, "layer_range": pl.String, "sft_seed": pl.Int64}
-    return pl.DataFrame(rows, schema_overrides=schema)
+        base, target = f.get("base", "sft-200"), f.get("target", "sft-600")
+        edit_id = f"{'' if sft_seed is None else f'seed{sft_seed}-'}edit-{edit}"
+        edits[edit_id] = {"kind": kind, "base": base, "target": target,
+                          **{k: f[k] for k in ("top", "tail", "layers") if k in f}}
+        scored |= {edit_id: f["acc"], base: f.get("acc_base", 0.034), target: f.get("acc_target", 0.034)}
+    results = {m: [{"episode": f"ood-{i:04d}", "rule": "ood", "correct": i < round(acc * n)} for i in range(n)]
+               for m, acc in scored.items()}
+    return tables.restoration_table(edits, results)
 
 
 def test_restoration_figure_draws_every_edit_with_its_intervals(tmp_path):
@@ -388,8 +495,8 @@ def test_restoration_findings_give_every_edit_an_interval_or_say_it_is_undefined
         episodes = {}
         for model, acc in (("sft-200", acc_base), ("sft-600", 0.03), (f"edit-{edit}", 0.05)):
             k = round(acc * 500)
-            episodes[model] = [{"rule": "ood", "correct": i < k, "first_correct": i < k, "format_error": False,
-                                "value_mapping": True, "tries": 1} for i in range(500)]
+            solved = set(random.Random(model).sample(range(500), k))  # each model its own hands
+            episodes[model] = [{"episode": f"ood-{i:04d}", "rule": "ood", "correct": i in solved} for i in range(500)]
         spec = {"kind": "directions", "base": "sft-200", "target": "sft-600", "top": top}
         return tables.restoration_table({f"edit-{edit}": spec}, episodes)
 
@@ -402,7 +509,7 @@ def test_restoration_findings_give_every_edit_an_interval_or_say_it_is_undefined
     assert low < 0.5 < high and gap["reproduced"] == ("yes" if low > 0 else "no")
     close, = findings.restoration_findings(table(0.05))  # B 5% and T 3%: the 95% intervals overlap
     assert close["value"] is None and close["reproduced"] == "undefined"
-    assert close["uncertainty"] == "undefined: B and T are not apart beyond their 95% intervals"
+    assert close["uncertainty"].startswith("undefined: B - T is 2.0 points [") and "not beyond noise" in close["uncertainty"]
     other, = findings.restoration_findings(table(0.12, edit="dirs_tail", top=0.0))  # not one of the papers' claims
     assert other["paper"] == "no claim in the papers" and other["reproduced"] == "no claim"
     assert other["value"] is not None

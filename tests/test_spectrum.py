@@ -248,6 +248,65 @@ def test_an_analysis_or_edit_of_nothing_is_an_error_naming_the_models(checkpoint
         restore.edit({"name": "same", "kind": "layers", "layers": 0.5}, wt, wt, {}, {}, (layouts[1], layouts[1]))
 
 
-def test_recovery_fraction():
-    assert restore.recovery(0.15, 0.20, 0.10) == pytest.approx(0.5)
-    assert math.isnan(restore.recovery(0.1, 0.1, 0.1))
+def summary_of(updates: dict[str, tuple[torch.Tensor, torch.Tensor]], seed: int = 0):
+    """The spectrum table of a pair base -> sft-9 whose matrices are the given (W_a, W_b), with the
+    random-update null, as the workflow's spectrum and spectrum_table stages write it."""
+    import polars as pl
+
+    from rlheals import tables
+
+    rows = [{"matrix": key, "layer": i, "module": "q", **r}
+            for i, (key, (wa, wb)) in enumerate(updates.items())
+            for r in spectrum.compare(wa, wb, svd(wa), svd(wb), 0.2, null_seed=seed + i)]
+    frame = pl.DataFrame(rows, schema_overrides={"layer": pl.Int64, "rank_index": pl.Int64})
+    return tables.spectrum_table([frame.select(pl.lit("base").alias("a"), pl.lit("sft-9").alias("b"), pl.all())])
+
+
+def decided(summary) -> dict[str, str]:
+    from rlheals import findings
+
+    return {r["claim"].split(":")[0].split(",")[0]: r["reproduced"]
+            for r in findings.spectrum_stability(summary, "base", "sft-9")}
+
+
+def test_the_random_update_null_is_what_a_random_update_shows():
+    w = random_matrix(128, 128, seed=1)
+    m = metrics(w, w)  # no null asked: none computed
+    assert "null_dw_rotation_share" not in m
+    rows = {r["metric"]: r["value"] for r in spectrum.compare(w, w + 0.01 * random_matrix(128, 128, 2), svd(w),
+                                                               svd(w + 0.01 * random_matrix(128, 128, 2)), 0.2,
+                                                               null_seed=5) if r["rank_index"] is None}
+    # A Gaussian update puts 1/n of its energy on the diagonal of U^T dW V: a share of about 1 - 1/128.
+    assert rows["null_dw_rotation_share"] == pytest.approx(1 - 1 / 128, abs=0.01)
+    assert rows["dw_rotation_share"] == pytest.approx(rows["null_dw_rotation_share"], abs=0.01)
+    again = {r["metric"]: r["value"] for r in spectrum.compare(w, w, svd(w), svd(w), 0.2, null_seed=5)}
+    assert again["null_dw_rotation_share"] == 0  # an update of norm 0
+    g = spectrum.random_update((64, 32), 3.0, seed=7)
+    assert float(g.norm()) == pytest.approx(3.0) and torch.equal(g, spectrum.random_update((64, 32), 3.0, seed=7))
+
+
+def test_finding_3_is_decided_against_a_random_update_and_can_fail():
+    base = {f"layers.{i}.q": random_matrix(96, 64, seed=10 + i).double() for i in range(8)}
+    # An update of random direction: as rotational as chance, so the rotation claim is not shown.
+    random_pair = {k: (w, w + 0.05 * w.norm() / 80 * random_matrix(96, 64, seed=40 + i).double())
+                   for i, (k, w) in enumerate(base.items())}
+    assert decided(summary_of(random_pair))["What changes is rotation"] == "no"
+    # A small pure rotation of the left singular vectors (W_b = R W_a, a relative change of about 3%):
+    # more rotational than chance. (At 27% the second-order diagonal of R - I makes even a pure rotation's
+    # share 0.98, below a random update's 0.99: the singular values' test is the sharper one there.)
+    rotated = {}
+    for i, (k, w) in enumerate(base.items()):
+        a = random_matrix(96, 96, seed=60 + i).double()
+        r = torch.linalg.matrix_exp(0.002 * (a - a.T))
+        rotated[k] = (w, r @ w)
+    found = decided(summary_of(rotated))
+    assert found["What changes is rotation"] == "yes"
+    assert found["Singular values barely move during SFT"] == "yes"  # a rotation keeps them exactly
+    # Singular values scaled by up to 5%, vectors kept: neither claim holds.
+    scaled = {}
+    for i, (k, w) in enumerate(base.items()):
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        scaled[k] = (w, u @ torch.diag(s * (1 + 0.05 * torch.rand(s.shape[0], generator=torch.Generator().manual_seed(i),
+                                                                    dtype=torch.float64))) @ vh)
+    found = decided(summary_of(scaled))
+    assert found["What changes is rotation"] == "no" and found["Singular values barely move during SFT"] == "no"

@@ -100,11 +100,21 @@ def record(name: str, results: Path, configs: list[str]) -> str:
     parts += ["## SFT: accuracy at each checkpoint", "", markdown(sft_curve(tables)), ""]
     recovery = pl.read_parquet(tables / "rl_recovery.parquet").filter(pl.col("rule") == "ood")
     if recovery.height:
+        interval = lambda name: pl.format("{} [{}, {}]", *((100 * pl.col(c)).round(1)  # noqa: E731
+                                                          for c in (name, f"{name}_low", f"{name}_high")))
+        share = pl.format("{} [{}, {}]", *(pl.col(c).round(2) for c in ("recovered_share", "recovered_share_low",
+                                                                         "recovered_share_high")))
         parts += ["## RL and the continued-SFT control: OOD accuracy after, mean over seeds", "",
+                  "Intervals are 95%, paired on the test hands, with the spread between seeds (docs/study.md, "
+                  "\"Intervals\"); the recovered share is given only where SFT lost OOD accuracy beyond noise by "
+                  "the start.", "",
                   markdown(recovery.select("sft_seed", "algo", pl.col("sft_step").alias("from step"), "n_seeds",
                                            (100 * pl.col("acc_before")).round(1).alias("before %"),
-                                           (100 * pl.col("acc_after")).round(1).alias("after %"),
-                                           (100 * pl.col("acc_after_se")).round(1).alias("s.e. %"))
+                                           interval("acc_after").alias("after % [95%]"),
+                                           interval("heal").alias("after - before [95%]"),
+                                           interval("drop").alias("lost by the start [95%]"),
+                                           share.alias("recovered share [95%]"),
+                                           interval("vs_control").alias("minus control [95%]"))
                            .sort("sft_seed", "from step", "algo", nulls_last=False)
                            .drop([] if recovery["sft_seed"].drop_nulls().len() else ["sft_seed"])), ""]
     restoration = pl.read_parquet(tables / "restoration.parquet").filter(pl.col("rule") == "ood")

@@ -24,7 +24,13 @@ def apply_style(style: dict) -> None:
     WIDTH, HEIGHT = style["width"], style["height"]
 
 
+# Room right of every figure: the SVG's size is measured with the converter's font, and a browser's
+# sans-serif (DejaVu Sans on Linux) sets legend text wider, which would be cut at the edge.
+PADDING = {"left": 5, "top": 5, "bottom": 5, "right": 60}
+
+
 def save(chart: alt.TopLevelMixin, svg: str | Path, html: str | Path) -> None:
+    chart = chart.properties(padding=PADDING)
     chart.save(str(svg), format="svg")
     chart.save(str(html), format="html", inline=True)
 
@@ -206,15 +212,11 @@ def restoration(table: pl.DataFrame) -> alt.HConcatChart:
     each with its own 95% band): SVD edits vs the restored share (directions vs vectors) and layer resets
     vs the layer share; then every edit's recovery fraction (acc_edit - acc_T) / (acc_B - acc_T) with its
     95% interval (the reverse edit included), or, where B and T are not apart beyond their intervals (the
-    fraction is undefined: findings.recovery_defined), the edit's gain over T in points, written out."""
-    from rlheals.findings import recovery_defined
-
+    fraction is undefined: the table's `defined`), the edit's gain over T in points, written out."""
     ood = _with_wilson(table.filter(pl.col("rule") == "ood"), "acc_edit").with_columns(
         pl.when(pl.col("kind") == "layers").then(pl.col("layers")).otherwise(pl.col("top") + pl.col("tail"))
         .alias("share"),
         ((pl.col("acc_edit") - pl.col("acc_target")) * 100).alias("gain"))
-    defined = [recovery_defined(r) for r in ood.iter_rows(named=True)]
-    ood = ood.with_columns(pl.Series("defined", defined, pl.Boolean))
     seeded = "sft_seed" in ood.columns and ood["sft_seed"].drop_nulls().n_unique() > 1
     ood = ood.with_columns(  # an edit is named once per SFT seed: label each seed's apart
         (pl.format("{} (SFT seed {})", "edit", "sft_seed") if seeded else pl.col("edit")).alias("label"),
@@ -229,7 +231,7 @@ def restoration(table: pl.DataFrame) -> alt.HConcatChart:
     models = pl.col("model").unique(maintain_order=True).str.join(", ").over("end")
     ends = _with_wilson(ends, "accuracy").with_columns(pl.format("{} ({})", "end", models).alias("ends"))
     end_rules = alt.Chart(ends).mark_rule(color="gray").encode(
-        alt.Y("accuracy:Q"), alt.StrokeDash("ends:N", title="ends (95% band)"), alt.Detail("model:N"),
+        alt.Y("accuracy:Q"), alt.StrokeDash("ends:N", title=["B and T", "(95% band)"]), alt.Detail("model:N"),
         tooltip=["end", "model", alt.Tooltip("accuracy:Q", format=".1%")])
     end_bands = alt.Chart(ends).mark_rect(color="gray", opacity=0.12).encode(alt.Y("accuracy_low:Q"),
                                                                              alt.Y2("accuracy_high:Q"))

@@ -9,8 +9,7 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from rlheals import curve, model_ids
-from rlheals.episodes import wilson
+from rlheals import curve, model_ids, statistics, tables
 
 # The values of the `reproduced` column (docs/study.md, "The findings table"): the run meets the claim's
 # criterion (yes) or not (no); it cannot decide it (undefined: the note says why); the claim has no
@@ -65,14 +64,31 @@ def _seed_label(seed: int | None) -> str:
     return "" if seed is None else f" (SFT seed {seed})"
 
 
-def sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame) -> list[dict]:
-    """Finding 1, for every SFT seed: OOD accuracy peaks early in SFT and then declines while ID keeps
-    rising (the criterion of rlheals.curve), and the loss does not find the peak."""
+def sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, hands: pl.DataFrame) -> list[dict]:
+    """Finding 1, for every SFT seed, as two claims decided apart: OOD accuracy declines from its best
+    checkpoint while ID keeps rising (the criterion of rlheals.curve); SFT first raises OOD above the base
+    (the best checkpoint minus step 0, paired on the test hands). And the loss does not find the best."""
     return [row for seed in _seeds(accuracy)
-            for row in _sft_forgetting(_of_seed(accuracy, seed), _of_seed(losses, seed), _seed_label(seed))]
+            for row in _sft_forgetting(_of_seed(accuracy, seed), _of_seed(losses, seed), hands, _seed_label(seed))]
 
 
-def _sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, label: str) -> list[dict]:
+def _rises_above_base(ood: pl.DataFrame, peak: Mapping, hands: pl.DataFrame, label: str) -> dict:
+    base = ood.row(0, named=True)
+    claim = "SFT first raises OOD accuracy above the base" + label
+    statistic = "OOD at the best checkpoint minus at step 0 (points)"
+    paper = "Llama: 17.5% at step 140 from the base's lower OOD"
+    if base["sft_step"] != 0:
+        return _row("1", claim, statistic, None, "", paper, NOT_TESTED, "not tested: step 0 was not evaluated")
+    gain = statistics.difference(*tables.results_matrix(hands, [peak["model_id"], base["model_id"]], "ood"))
+    if gain.se == 0:
+        return _row("1", claim, statistic, 100 * gain.value, "", paper, UNDEFINED,
+                    "undefined: the best checkpoint and the base solve the same hands")
+    return _row("1", claim, statistic, 100 * gain.value, gain.text(), paper, verdict(gain.low > 0),
+                f"step {peak['sft_step']} {_pct(peak['accuracy'])}, base {_pct(base['accuracy'])}; criterion: "
+                "the interval above 0; the best checkpoint is chosen on the same hands, which favours it")
+
+
+def _sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, hands: pl.DataFrame, label: str) -> list[dict]:
     """Finding 1 on one SFT run. Undefined where the curve is flat: no checkpoint lies
     outside the best one's 95% interval, so there is no best checkpoint."""
     ood, id_ = _sft(accuracy, "ood"), _sft(accuracy, "id")
@@ -82,16 +98,17 @@ def _sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, label: str) ->
     flat = not (ood["accuracy_high"] < peak["accuracy_low"]).any()
     interval = lambda r: f"{_pct(r['accuracy'])} [{_pct(r['accuracy_low'])}, {_pct(r['accuracy_high'])}]"  # noqa: E731
     undefined = "undefined: OOD accuracy is flat (every checkpoint within the best one's 95% interval)"
-    parts = (f"peak at step {peak['sft_step']} of {last['sft_step']}; drop {100 * test.drop:.1f} points "
+    parts = (f"best at step {peak['sft_step']} of {last['sft_step']}; drop {100 * test.drop:.1f} points "
              f"(criterion: at least {100 * curve.MIN_DROP:.0f}), {_ratio(test)} of the last (at least "
              f"{1 + curve.MIN_RELATIVE_DROP:.1f}x); the intervals " + ("do not overlap" if test.intervals_apart else "overlap")
              + f"; ID {_pct(test.id_base)} at the base, {_pct(test.id_last)} at the end (at least "
              f"{100 * curve.MIN_ID_GAIN:.0f} points up)")
-    rows = [_row("1", "OOD accuracy peaks early in SFT, then declines while ID rises" + label,
-                 "OOD drop from the peak to the last step (points)", 100 * test.drop,
-                 f"peak {interval(peak)}, last {interval(last)} (95% Wilson)",
+    rows = [_row("1", "OOD accuracy declines from its best SFT checkpoint while ID rises" + label,
+                 "OOD drop from the best checkpoint to the last step (points)", 100 * test.drop,
+                 f"best {interval(peak)}, last {interval(last)} (95% Wilson)",
                  "Llama: peak 17.5% at step 140 -> 6.9% at 1100 (10.6 points)",
-                 UNDEFINED if flat else verdict(test.shown), undefined if flat else parts)]
+                 UNDEFINED if flat else verdict(test.shown), undefined if flat else parts),
+            _rises_above_base(ood, peak, hands, label)]
     if "ood_loss" in losses.columns and losses["ood_loss"].drop_nulls().len():
         best_loss = int(losses.drop_nulls("ood_loss").sort("ood_loss")["step"][0])
         best_train = int(losses.drop_nulls("train_loss").sort("train_loss")["step"][0])
@@ -121,87 +138,159 @@ def _sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, label: str) ->
 
 
 def rl_healing(recovery: pl.DataFrame) -> list[dict]:
-    """RL vs the continued-SFT control on OOD, per starting step: the difference of the means over seeds
-    with its 95% interval. Reproduced where the interval lies above 0, not where it holds 0 or lies below;
-    undefined where no model moved off one accuracy (every seed of both arms the same, as at 0%)."""
-    ood = recovery.filter(pl.col("rule") == "ood")
-    rl_arm = ood.filter(pl.col("algo") != model_ids.CONTROL)
-    control = ood.filter(pl.col("algo") == model_ids.CONTROL).select(
-        "sft_seed", "sft_step", pl.col("acc_after").alias("c_after"), pl.col("acc_after_se").alias("c_se"),
-        pl.col("n_seeds").alias("c_seeds"))
-    if not rl_arm.height:
+    """Finding 2 from the RL recovery table (tables.rl_recovery_table), on OOD, per SFT seed, algo and start:
+
+    - healing: R, the recovered share of what SFT lost by the start. Undefined where nothing was lost
+      beyond noise (the drop's interval holds 0), or where one RL seed leaves the seed spread unknown.
+      Reproduced where R >= 0.5 and H = after - before is above 0 after Holm's correction over every
+      defined start and algo; not reproduced otherwise;
+    - RL forgets less than the continued-SFT control from the same start: after - control's after, above 0
+      after Holm's correction over every start and algo with a control.
+    ID before and after RL is in every row's note."""
+    ood = recovery.filter(pl.col("rule") == "ood", pl.col("algo") != model_ids.CONTROL).sort(
+        "sft_seed", "sft_step", "algo", nulls_last=False)
+    if not ood.height:
         return [_row("2", "RL after SFT restores OOD accuracy", "RL runs", None, "", "", NOT_TESTED,
                      "not tested: no RL runs configured")]
-    joined = rl_arm.join(control, on=["sft_seed", "sft_step"], how="left", nulls_equal=True).sort(
-        "sft_seed", "sft_step", "algo", nulls_last=False)
-    rows = []
-    for r in joined.iter_rows(named=True):
-        claim = (f"RL ({r['algo']}) from SFT step {r['sft_step']}{_seed_label(r['sft_seed'])} restores OOD accuracy "
-                 "beyond the control")
-        before = f"before {_pct(r['acc_before'])}, after RL {_pct(r['acc_after'])}"
-        if r["c_after"] is None:
-            rows.append(_row("2", claim, "OOD after RL minus after continued SFT (points)", None, "", PAPER_HEALING,
-                             NOT_TESTED, f"not tested: no control run from this step; {before}"))
-            continue
-        gap = r["acc_after"] - r["c_after"]
-        half = 1.96 * math.hypot(r["acc_after_se"], r["c_se"])
-        if half == 0:
-            found, why = UNDEFINED, "undefined: every RL and control model scores the same"
-        else:
-            found = verdict(gap - half > 0)
-            why = "the interval lies above 0" if found == YES else (
-                "the interval holds 0" if gap + half >= 0 else "the interval lies below 0: RL is worse")
-        rows.append(_row("2", claim, "OOD after RL minus after continued SFT (points)", 100 * gap,
-                         f"95% interval [{100 * (gap - half):.1f}, {100 * (gap + half):.1f}] over "
-                         f"{r['n_seeds']} RL and {r['c_seeds']} control seeds", PAPER_HEALING, found,
-                         f"{why}; {before}, control {_pct(r['c_after'])}"
-                         + ("" if r["recovered_share"] is None else f", recovered share of the drop {r['recovered_share']:.2f}")))
-    return rows
+    id_ = recovery.filter(pl.col("rule") == "id").select(
+        "sft_seed", "algo", "sft_step", pl.col("acc_before").alias("id_before"), pl.col("acc_after").alias("id_after"))
+    rows = ood.join(id_, on=["sft_seed", "algo", "sft_step"], how="left", nulls_equal=True).to_dicts()
+    healable = [r for r in rows if r["recovered_share"] is not None and r["n_seeds"] > 1]
+    heal_p = dict(zip(map(id, healable), statistics.holm([r["heal_p"] for r in healable])))
+    compared = [r for r in rows if r["vs_control"] is not None and r["n_seeds"] > 1]
+    vs_p = dict(zip(map(id, compared), statistics.holm([r["vs_control_p"] for r in compared])))
+    out = []
+    for r in rows:
+        where = f"RL ({r['algo']}) from SFT step {r['sft_step']}{_seed_label(r['sft_seed'])}"
+        id_note = ("" if r["id_before"] is None else
+                   f"; ID {_pct(r['id_before'])} before, {_pct(r['id_after'])} after RL")
+        before = (f"OOD {_pct(r['acc_before'])} at the start, {_pct(r['acc_after'])} after RL "
+                  f"({r['n_seeds']} seeds), {_pct(r['acc_ref'])} at {r['ref']}")
+        out.append(_healing_row(r, where, heal_p.get(id(r)), before + id_note))
+        out.append(_control_row(r, where, vs_p.get(id(r)), before + id_note))
+    return out
+
+
+def _healing_row(r: Mapping, where: str, p_holm: float | None, context: str) -> dict:
+    claim = f"{where} heals OOD forgetting: recovers at least half of what SFT lost"
+    statistic = "recovered share R = (OOD after RL - at start) / (OOD at ref - at start)"
+    heal = f"H = {_points(r, 'heal')}"
+    if r["recovered_share"] is None:
+        why = (f"undefined: nothing was lost by this start beyond noise (drop {_points(r, 'drop')})"
+               if not r["drop_beyond_noise"] else "undefined: one RL seed, so the spread between seeds is unknown")
+        return _row("2", claim, statistic, None, heal, PAPER_HEALING, UNDEFINED, f"{why}; {context}")
+    if r["n_seeds"] < 2:
+        return _row("2", claim, statistic, r["recovered_share"], heal, PAPER_HEALING, UNDEFINED,
+                    f"undefined: one RL seed, so the spread between seeds is unknown; {context}")
+    found = verdict(r["recovered_share"] >= 0.5 and r["heal"] > 0 and p_holm < 0.05)
+    return _row("2", claim, statistic, r["recovered_share"],
+                f"R {_interval(r, 'recovered_share', 1, 2)}; {heal}, Holm-adjusted p {p_holm:.3f}", PAPER_HEALING,
+                found, f"criterion: R at least 0.5 and H above 0 at Holm-adjusted p < 0.05; drop "
+                f"{_points(r, 'drop')}; {context}")
+
+
+def _control_row(r: Mapping, where: str, p_holm: float | None, context: str) -> dict:
+    claim = f"{where} forgets less OOD than continued SFT"
+    statistic = "OOD after RL minus after the continued-SFT control (points)"
+    if r["vs_control"] is None:
+        return _row("2", claim, statistic, None, "", "RL keeps OOD that SFT loses", NOT_TESTED,
+                    f"not tested: no control run from this start; {context}")
+    if p_holm is None:
+        return _row("2", claim, statistic, 100 * r["vs_control"], _points(r, "vs_control"),
+                    "RL keeps OOD that SFT loses", UNDEFINED,
+                    f"undefined: one RL seed, so the spread between seeds is unknown; {context}")
+    if r["vs_control_se"] == 0:
+        return _row("2", claim, statistic, 100 * r["vs_control"], _points(r, "vs_control"),
+                    "RL keeps OOD that SFT loses", UNDEFINED,
+                    f"undefined: every RL and control model scores the same; {context}")
+    found = verdict(r["vs_control"] > 0 and p_holm < 0.05)
+    return _row("2", claim, statistic, 100 * r["vs_control"],
+                f"{_points(r, 'vs_control')}, Holm-adjusted p {p_holm:.3f}", "RL keeps OOD that SFT loses", found,
+                f"control {_pct(r['acc_control'])} ({r['control_seeds']} seeds); criterion: above 0 at "
+                f"Holm-adjusted p < 0.05; {context}")
+
+
+def _interval(r: Mapping, name: str, scale: float, digits: int) -> str:
+    f = f"{{:.{digits}f}}"
+    return (f"{f.format(scale * r[name])} [{f.format(scale * r[name + '_low'])}, "
+            f"{f.format(scale * r[name + '_high'])}] (95%, t on {r[name + '_df']:.0f} df)")
+
+
+def _points(r: Mapping, name: str) -> str:
+    """A difference of accuracies in points with its interval."""
+    return _interval(r, name, 100, 1) + " points"
 
 
 PAPER_HEALING = "Llama OOD after RL from step 500: 15.4, 1100: 16.2, 1200: 4.7, 1400: 3.7"
 
 
-def spectrum_stability(summary: pl.DataFrame, by_rank: pl.DataFrame, base: str, last: str) -> list[dict]:
+def spectrum_stability(summary: pl.DataFrame, base: str, last: str) -> list[dict]:
+    """Finding 3 on the pair base -> last SFT step, each claim decided against the same update drawn at
+    random (spectrum.NULL_METRICS: per matrix, a Gaussian update of the same norm): a property any update
+    of that size has is not a finding about SFT. Per claim, the difference from the random update, paired
+    by matrix, with a t interval over the matrices."""
     pair = summary.filter(pl.col("a") == base, pl.col("b") == last)
     if not pair.height:
         return [_row("3", "Singular values barely move", "", None, "", "", NOT_TESTED,
                      f"not tested: pair {base} vs {last} not analysed")]
-    dS, rotation = pair["mean_abs_sv_rel_change"].mean(), pair["dw_rotation_share"].mean()
-    rows = [
-        _row("3", "Singular values barely move during SFT", f"mean |dS|/S, {base} -> {last}", dS,
-             f"over {pair.height} matrices, max {pair['mean_abs_sv_rel_change'].max():.4f}", "about 0.003 (0.3%)",
-             verdict(dS < 0.01), "criterion: below 1%"),
-        _row("3", "What changes is rotation, not singular values", f"share of ||dW||^2 off the diagonal of U^T dW V, {base} -> {last}",
-             rotation, f"min over matrices {pair['dw_rotation_share'].min():.3f}", "rotation dominates",
-             verdict(rotation > 0.9),
-             "criterion: above 0.9"),
-    ]
-    angles = by_rank.filter(pl.col("metric") == "u_angle_deg")
-    if angles.height:
-        share = angles.with_columns((pl.col("rank_index") / pl.col("rank_index").max().over("matrix")).alias("s"))
-        top = share.filter(pl.col("s") <= 0.1)["value"].mean()
-        tail = share.filter(pl.col("s") >= 0.9)["value"].mean()
-        middle = share.filter(pl.col("s") > 0.1, pl.col("s") < 0.9)["value"].mean()
-        rows.append(_row("3", "Rotation concentrates at the largest and smallest singular values",
-                         "mean angle of the top and bottom 10% of singular vectors over the middle 80%",
-                         min(top, tail) / middle if middle else None,
-                         f"top {top:.1f}, middle {middle:.1f}, bottom {tail:.1f} degrees", "ends rotate most",
-                         verdict(top > middle and tail > middle), "criterion: both ends above the middle"))
+    claims = (
+        ("Singular values barely move during SFT: less than under a random update of the same size",
+         "mean_abs_sv_rel_change", "mean |dS|/S", -1, "about 0.003 (0.3%)"),
+        ("What changes is rotation, not singular values: more than under a random update of the same size",
+         "dw_rotation_share", "share of ||dW||^2 off the diagonal of U^T dW V", 1, "rotation dominates"),
+        ("Rotation concentrates at the largest and smallest singular values, more than a random update's",
+         "u_angle_ends_over_middle", "mean angle of the top and bottom 10% of singular vectors over the middle",
+         1, "ends rotate most"),
+    )
+    rows = []
+    for claim, metric, what, sign, paper in claims:
+        statistic = f"{what}, {base} -> {last}, minus a random update's"
+        if f"null_{metric}" not in pair.columns:
+            rows.append(_row("3", claim, statistic, None, "", paper, NOT_TESTED,
+                             f"not tested: the pair has no random-update null for {metric}"))
+            continue
+        both = pair.select(metric, f"null_{metric}").drop_nans().drop_nulls()
+        if both.height < 2:
+            rows.append(_row("3", claim, statistic, None, "", paper, UNDEFINED,
+                             f"undefined: {both.height} matrices with a value"))
+            continue
+        observed, null = both[metric].to_numpy(), both[f"null_{metric}"].to_numpy()
+        gap = statistics.difference(observed, null)
+        met = gap.low > 0 if sign > 0 else gap.high < 0
+        rows.append(_row("3", claim, statistic, gap.value, f"{gap.text(scale=1, digits=4)} over {both.height} matrices",
+                         paper, verdict(met), f"SFT {observed.mean():.4f}, random update {null.mean():.4f} "
+                         f"(mean over matrices); criterion: the interval {'above' if sign > 0 else 'below'} 0"))
     return rows
 
 
 def rotation_predicts_ood(points: pl.DataFrame) -> list[dict]:
     """Beyond the papers: does the rotation from the base model (no labels needed) track OOD accuracy
-    across SFT steps? Spearman correlation over the steps; a claim of no paper: never reproduced or not."""
+    beyond what the step alone says? Along one SFT run the rotation grows with the step, so any OOD curve
+    that moves with the step correlates with it: the question is asked only across SFT seeds at the same
+    step (Spearman of the within-step deviations), and dropped, saying so, for a study of one SFT run. A
+    claim of no paper: never reproduced or not."""
     if points.height < 3:
         return []
-    rho, undefined = rotation_correlation(points)
-    return [_row("3+", "The spectrum can pick the best checkpoint without OOD labels",
-                 "Spearman correlation of top-k rotation (to the base) with OOD accuracy across SFT steps", rho,
-                 f"{points.height} steps", "not in the papers", NO_CLAIM,
-                 undefined or "negative: more rotation, less OOD; a rank correlation, not a selection "
-                 "rule")]
+    claim = "The spectrum can pick the best checkpoint without OOD labels"
+    by_step = points.filter(pl.len().over("sft_step") >= 2)
+    if by_step["sft_seed"].n_unique() < 2:
+        rho, undefined = rotation_correlation(points)
+        with_step = spearman(points["rotation"].to_list(), points["sft_step"].to_list())
+        shown = undefined or f"{rho:+.2f}"
+        return [_row("3+", claim, "Spearman correlation of top-k rotation (to the base) with OOD accuracy, the "
+                     "SFT step held fixed", None, f"{points.height} steps of one SFT run", "not in the papers",
+                     NO_CLAIM, f"dropped: in one SFT run the rotation follows the step (Spearman with the step "
+                     f"{with_step:+.2f}), so its correlation with OOD across steps ({shown}) is the step's; "
+                     "asking it needs several SFT seeds at the same steps")]
+    within = by_step.with_columns((pl.col(c) - pl.col(c).mean().over("sft_step")).alias(c)
+                                  for c in ("rotation", "ood_accuracy"))
+    rho, undefined = rotation_correlation(within)
+    return [_row("3+", claim, "Spearman correlation of top-k rotation (to the base) with OOD accuracy across "
+                 "SFT seeds at the same step (deviations from each step's mean)", rho,
+                 f"{within.height} checkpoints of {within['sft_seed'].n_unique()} SFT seeds at "
+                 f"{within['sft_step'].n_unique()} steps", "not in the papers", NO_CLAIM,
+                 undefined or "negative: a seed that rotated more than the others at a step has less OOD; a rank "
+                 "correlation, not a selection rule")]
 
 
 def rotation_correlation(points: pl.DataFrame) -> tuple[float | None, str]:
@@ -228,25 +317,18 @@ RESTORATION_CLAIMS = (
 )
 
 
-def recovery_defined(r: Mapping) -> bool:
-    """Whether an edit's recovery fraction (a row of tables.restoration_table) means anything: B and T apart
-    beyond their 95% Wilson intervals (else the fraction divides noise by noise)."""
-    n = r["n_episodes"]
-    b_low, b_high = wilson(round(r["acc_base"] * n), n)
-    t_low, t_high = wilson(round(r["acc_target"] * n), n)
-    return (b_low > t_high or t_low > b_high) and not math.isnan(r["recovery"])
-
-
 def restoration_findings(table: pl.DataFrame) -> list[dict]:
-    """Every edit's OOD recovery fraction with its 95% interval. Undefined where B and T are not apart
-    beyond their 95% intervals (the fraction would divide noise by noise). For the papers' two claims,
-    reproduced where the fraction is at least 0.5 and its interval lies above 0."""
+    """Every edit's OOD recovery fraction with its 95% interval (tables.restoration_table). Undefined where
+    B and T are not apart beyond the interval of B - T (the fraction would divide noise by noise). For the
+    papers' two claims, reproduced where the fraction is at least 0.5 and its interval lies above 0."""
     rows = []
     for r in table.filter(pl.col("rule") == "ood").sort("edit").iter_rows(named=True):
         claim = next(((label, paper) for label, match, paper in RESTORATION_CLAIMS if match(r)), None)
-        defined = recovery_defined(r)
-        interval = (f"95% interval [{r['recovery_low']:.2f}, {r['recovery_high']:.2f}] (delta method)" if defined
-                    else "undefined: B and T are not apart beyond their 95% intervals")
+        defined = r["defined"]
+        interval = (f"95% interval [{r['recovery_low']:.2f}, {r['recovery_high']:.2f}] (t on {r['recovery_df']:.0f} "
+                    "df, paired on the test hands)" if defined else
+                    f"undefined: B - T is {100 * r['gap']:.1f} points [{100 * r['gap_low']:.1f}, "
+                    f"{100 * r['gap_high']:.1f}], not beyond noise")
         found = NO_CLAIM
         if claim:
             found = verdict(r["recovery"] >= 0.5 and r["recovery_low"] > 0) if defined else UNDEFINED
@@ -260,7 +342,11 @@ def restoration_findings(table: pl.DataFrame) -> list[dict]:
     return rows
 
 
-def update_norms(summary: pl.DataFrame, base: str, last: str) -> list[dict]:
+def update_norms(summary: pl.DataFrame, base: str, last: str, doses: Mapping[str, Mapping] | None = None) -> list[dict]:
+    """Finding 5: how much RL and SFT change the weights. The comparison means something about RL only at
+    a matched dose (the same summed learning rate, or the same change in training loss); `doses` gives
+    each stage's learning rate and steps ({"sft": {"lr", "steps"}, "rl": {"lr", "updates"}}), and where they
+    are not matched the row says so and leaves the claim undefined."""
     sft = summary.filter(pl.col("a") == base, pl.col("b") == last, pl.col("layer").is_not_null())
     b = model_ids.fields("b")
     rl = summary.filter(b.struct.field("role") == "rl", pl.col("a") == b.struct.field("start"),
@@ -270,10 +356,18 @@ def update_norms(summary: pl.DataFrame, base: str, last: str) -> list[dict]:
     s, r = sft["relative_update_norm"].mean(), rl["relative_update_norm"].mean()
     top_sft = sft.group_by("module").agg(pl.col("relative_update_norm").mean()).sort("relative_update_norm", descending=True)["module"][0]
     top_rl = rl.group_by("module").agg(pl.col("relative_update_norm").mean()).sort("relative_update_norm", descending=True)["module"][0]
+    found, why = UNDEFINED, "undefined: the doses of RL and SFT are not given"
+    if doses:
+        sft_dose = doses["sft"]["lr"] * doses["sft"]["steps"]
+        rl_floor = doses["rl"]["lr"] * doses["rl"]["updates"]
+        why = (f"undefined: not at a matched dose. SFT's summed learning rate is {doses['sft']['lr']:g} x "
+               f"{doses['sft']['steps']} steps = {sft_dose:.3g}; RL's {doses['rl']['lr']:g} x {doses['rl']['updates']} "
+               f"updates = {rl_floor:.3g} times its optimizer steps per update, so the smaller change "
+               "follows from the settings, not from RL")
     return [
         _row("5", "RL changes the weights less than SFT", "mean ||dW||/||W||: RL runs over SFT (base -> last step)", r / s,
              f"SFT {s:.4f}, RL {r:.4f} (mean over {rl.select('b').n_unique()} runs)",
-             "RL's updates are smaller", verdict(r < s), ""),
+             "RL's updates are smaller", found, why),
         _row("5", "Attention q/k change most", "module with the largest mean relative update (SFT; RL)", None,
              f"SFT: {top_sft}, RL: {top_rl}", "q and k",
              verdict(top_sft in ("q", "k") and top_rl in ("q", "k")), ""),

@@ -15,7 +15,6 @@ keeps T's dtype. SVDs come from the per-model cache (rlheals.spectrum.svd_model)
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 
@@ -110,20 +109,3 @@ def _edited(spec, weights_b, weights_t, svds_b, svds_t, layouts: tuple[Layout, L
                     orthonormal=spec.get("orthonormal", True))
         m.write(out, mixed)
     return out
-
-
-def recovery(acc_edit: float, acc_base: float, acc_target: float) -> float:
-    """(acc_edit - acc_target) / (acc_base - acc_target): the share of the lost accuracy an edit brings
-    back (1 = all of it); NaN when B and T score the same."""
-    gap = acc_base - acc_target
-    return (acc_edit - acc_target) / gap if gap else float("nan")
-
-
-def recovery_se(acc_edit: float, acc_base: float, acc_target: float, n: int) -> float:
-    """Delta-method standard error of the recovery fraction from three binomial accuracies on n hands."""
-    gap = acc_base - acc_target
-    if not gap or n <= 0:
-        return float("nan")
-    r = recovery(acc_edit, acc_base, acc_target)
-    var = lambda p: p * (1 - p) / n  # noqa: E731
-    return math.sqrt(var(acc_edit) + (1 - r) ** 2 * var(acc_target) + r ** 2 * var(acc_base)) / abs(gap)

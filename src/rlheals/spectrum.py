@@ -15,6 +15,7 @@ grouped-query k/v projections (fewer rows than columns) are handled on the right
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterator, Mapping
 
 from rlheals.matrices import Layout
@@ -88,15 +89,41 @@ def paired_angles(a, b):
     return torch.atan2((b - a * dots).norm(dim=0), dots.abs())
 
 
-def compare(wa, wb, svd_a, svd_b, share: float) -> Iterator[dict]:
+# The metrics also computed for a random update of the same size (`compare`'s null_seed): what any update
+# of that norm would show, against which the papers' "rotation, not singular values" is decided.
+NULL_METRICS = ("mean_abs_sv_rel_change", "dw_rotation_share", "u_angle_mean_deg", "u_angle_ends_over_middle")
+ENDS = 0.1  # the top and bottom 10% of singular vectors by rank, against the middle 80%
+
+
+def ends_over_middle(angles) -> float:
+    """The smaller of the mean angles of the top and bottom ENDS of the singular vectors, over the mean
+    angle of the middle: above 1 when both ends rotate more than the middle (NaN for fewer than 3)."""
+    n = angles.shape[0]
+    k = max(1, round(ENDS * n))
+    middle = angles[k:n - k]
+    if n < 3 or not middle.numel() or float(middle.mean()) == 0:
+        return float("nan")
+    return min(float(angles[:k].mean()), float(angles[n - k:].mean())) / float(middle.mean())
+
+
+def random_update(shape, norm: float, seed: int):
+    """A Gaussian matrix of Frobenius norm `norm` (float64), the same for the same seed on every machine."""
+    import torch
+
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return g * (norm / float(g.norm())) if norm > 0 else g * 0
+
+
+def compare(wa, wb, svd_a, svd_b, share: float, null_seed: int | None = None) -> Iterator[dict]:
     """Rows (metric, rank, value) comparing one matrix of model a (reference) and model b.
 
     Scalars (rank None): mean |dS|/S; mean and max principal angle (degrees) of the top-k left and right
     singular subspaces; projection distance ||U_a U_a^T - U_b U_b^T||_F and alignment mean_i max_j
     |U_a^T U_b|_ij over the top k; the energy of dW = W_b - W_a on the diagonal of U_a^T dW V_a (value
     change) and off it (rotation), as shares; the share of W_b outside the top-k span of (U_a, V_a);
-    ||dW||_F / ||W_a||_F. By rank index i: (S_b - S_a) / S_a, and the angle between the i-th singular
-    vectors of a and b (left and right).
+    ||dW||_F / ||W_a||_F; ends_over_middle of the paired left angles. With `null_seed`: NULL_METRICS as `null_<metric>` for W_a plus a random update
+    of the same norm (random_update), its SVD computed by the same code. By rank index i:
+    (S_b - S_a) / S_a, and the angle between the i-th singular vectors of a and b (left and right).
 
     Everything is computed in float64, and no metric is a difference of two nearly equal quantities: the
     projection distance is sqrt(2 * sum sin^2) of the principal angles, not sqrt(2k - 2 ||U_a^T U_b||^2),
@@ -117,6 +144,7 @@ def compare(wa, wb, svd_a, svd_b, share: float) -> Iterator[dict]:
     u_radians = principal_angles(ua[:, :k], ub[:, :k])
     u_angles, v_angles = torch.rad2deg(u_radians), torch.rad2deg(principal_angles(va[:, :k], vb[:, :k]))
     top_a = ua[:, :k] @ (ua[:, :k].T @ wb @ va[:, :k]) @ va[:, :k].T
+    u_paired = torch.rad2deg(paired_angles(ua, ub))
     wb_norm = float(wb.norm())
     scalars = {
         "k": k,
@@ -132,12 +160,18 @@ def compare(wa, wb, svd_a, svd_b, share: float) -> Iterator[dict]:
         "dw_rotation_share": max(0.0, dw_energy - value_energy) / dw_energy if dw_energy > 0 else 0.0,
         "residual_share": float((wb - top_a).norm()) / wb_norm if wb_norm > 0 else 0.0,
         "relative_update_norm": math.sqrt(dw_energy) / max(float(wa.norm()), 1e-12),
+        "u_angle_ends_over_middle": ends_over_middle(u_paired),
     }
+    if null_seed is not None:
+        w_null = wa + random_update(wa.shape, math.sqrt(dw_energy), null_seed)
+        null = {row["metric"]: row["value"] for row in compare(wa, w_null, svd_a, svd(w_null), share)
+                if row["rank_index"] is None}
+        scalars |= {f"null_{metric}": null[metric] for metric in NULL_METRICS}
     for metric, value in scalars.items():
         yield {"metric": metric, "rank_index": None, "value": float(value)}
     by_rank = {
         "sv_rel_change": rel,
-        "u_angle_deg": torch.rad2deg(paired_angles(ua, ub)),
+        "u_angle_deg": u_paired,
         "v_angle_deg": torch.rad2deg(paired_angles(va, vb)),
     }
     for metric, values in by_rank.items():
@@ -146,10 +180,11 @@ def compare(wa, wb, svd_a, svd_b, share: float) -> Iterator[dict]:
 
 
 def compare_models(weights_a, weights_b, svds_a, svds_b, share: float, layouts: tuple[Layout, Layout],
-                   models: tuple[str, str] = ("a", "b")) -> list[dict]:
+                   models: tuple[str, str] = ("a", "b"), null_seed: int | None = None) -> list[dict]:
     """Every analysed matrix of two models of the same architecture, key by key (their files may name
-    them differently): the rows of `compare`, with the matrix key, layer and module. An error names the
-    models when their matrices differ."""
+    them differently): the rows of `compare`, with the matrix key, layer and module; with `null_seed`,
+    each matrix's random update drawn from it and the matrix key. An error names the models when their
+    matrices differ."""
     mine, theirs = ({m.key: m for m in layout.matrices} for layout in layouts)
     if set(mine) != set(theirs):
         only_a, only_b = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
@@ -162,6 +197,7 @@ def compare_models(weights_a, weights_b, svds_a, svds_b, share: float, layouts: 
         if wa.shape != wb.shape:
             raise ValueError(f"{key} ({a.tensor} of {models[0]}, {b.tensor} of {models[1]}): shapes differ "
                              f"({tuple(wa.shape)} vs {tuple(wb.shape)})")
-        for row in compare(wa, wb, factors(svds_a, key), factors(svds_b, key), share):
+        seed = None if null_seed is None else zlib.crc32(f"{null_seed}:{key}".encode())
+        for row in compare(wa, wb, factors(svds_a, key), factors(svds_b, key), share, seed):
             rows.append({"matrix": key, "layer": a.layer, "module": a.module, **row})
     return rows

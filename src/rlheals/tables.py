@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import polars as pl
 
-from rlheals import model_ids
+from rlheals import curve, model_ids, statistics
 from rlheals.episodes import summarize
 
 
@@ -42,52 +43,116 @@ def spectrum_table(pairs: Sequence[pl.DataFrame]) -> pl.DataFrame:
 
 
 def restoration_table(edits: Mapping[str, Mapping], episodes: Mapping[str, Sequence[Mapping]]) -> pl.DataFrame:
-    """Per edit (by edit model id: edit-{name}, seed1-edit-{name}) and rule: the edited model's accuracy, its B's and T's, and the recovery fraction with its
-    95% interval (delta method over the three binomial accuracies; NaN where B and T score the same)."""
-    from rlheals import restore
-
-    summaries = {m: summarize(rows) for m, rows in episodes.items()}
-    accuracy = {m: {rule: s["accuracy"] for rule, s in by_rule.items()} for m, by_rule in summaries.items()}
+    """Per edit (by edit model id: edit-{name}, seed1-edit-{name}) and rule: the edited model's accuracy,
+    its B's and T's, B - T with its interval, and the recovery fraction (acc_edit - acc_T) / (acc_B - acc_T)
+    with its interval (rlheals.statistics, paired on the test hands). `defined`: B - T lies beyond its
+    interval; elsewhere the fraction would divide noise by noise, and its columns are null."""
+    hands = hands_table({m: episodes[m] for m in {*edits, *(v for e in edits.values() for v in (e["base"], e["target"]))}})
     rows = []
     for edit_id, spec in edits.items():
         sft_seed, name = model_ids.split_seed(edit_id)
-        name = name.removeprefix("edit-")
-        for rule, acc in accuracy[edit_id].items():
-            base, target = accuracy[spec["base"]][rule], accuracy[spec["target"]][rule]
-            rows.append({"edit": name, "sft_seed": sft_seed, "kind": spec["kind"], "base": spec["base"], "target": spec["target"],
-                         "top": spec.get("top", 0.0), "tail": spec.get("tail", 0.0), "layers": spec.get("layers"),
+        for rule in sorted(hands.filter(pl.col("model_id") == edit_id)["rule"].unique()):
+            m = results_matrix(hands, [edit_id, spec["base"], spec["target"]], rule)
+            arms = {"edit": m[0], "base": m[1], "target": m[2]}
+            gap = statistics.contrast(arms, {"base": 1, "target": -1})
+            defined = gap.beyond(0)
+            fraction = (statistics.ratio(arms, {"edit": 1, "target": -1}, {"base": 1, "target": -1})
+                        if defined else None)
+            rows.append({"edit": name.removeprefix("edit-"), "sft_seed": sft_seed, "kind": spec["kind"],
+                         "base": spec["base"], "target": spec["target"], "top": spec.get("top", 0.0),
+                         "tail": spec.get("tail", 0.0), "layers": spec.get("layers"),
                          "layer_range": None if spec.get("layer_range") is None else "{}-{}".format(*spec["layer_range"]),
-                         "rule": rule, "n_episodes": (n := summaries[edit_id][rule]["n_episodes"]),
-                         "acc_edit": acc, "acc_base": base, "acc_target": target,
-                         "recovery": restore.recovery(acc, base, target),
-                         "recovery_se": restore.recovery_se(acc, base, target, n)})
-    table = pl.DataFrame(rows, schema_overrides={"layers": pl.Float64, "layer_range": pl.String, "sft_seed": pl.Int64})
-    return table.with_columns((pl.col("recovery") - 1.96 * pl.col("recovery_se")).alias("recovery_low"),
-                              (pl.col("recovery") + 1.96 * pl.col("recovery_se")).alias("recovery_high"))
+                         "rule": rule, "n_episodes": m.shape[1], "acc_edit": m[0].mean(), "acc_base": m[1].mean(),
+                         "acc_target": m[2].mean(), **_interval("gap", gap), "defined": defined,
+                         **_interval("recovery", fraction)})
+    return pl.DataFrame(rows, schema_overrides={"layers": pl.Float64, "layer_range": pl.String, "sft_seed": pl.Int64,
+                                                **{c: pl.Float64 for c in _interval("recovery", None)}})
 
 
-def rl_recovery_table(accuracy: pl.DataFrame) -> pl.DataFrame:
-    """Per (algo, SFT step, rule): accuracy of the SFT checkpoint (before), of the final RL models (after:
-    mean, min and max over seeds, and the standard error of the mean), the best SFT accuracy (peak), and
-    the recovered share of the drop from the peak, (after - before) / (peak - before), defined where the
-    start is below the peak. The standard error takes the larger of the spread between seeds and the
-    binomial noise of one evaluation, so two seeds that happen to agree do not claim certainty."""
-    sft = accuracy.filter(pl.col("stage") == "sft").select("sft_seed", "sft_step", "rule",
-                                                            pl.col("accuracy").alias("acc_before"))
-    peak = sft.group_by("sft_seed", "rule").agg(pl.col("acc_before").max().alias("acc_peak"))
+def hands_table(episodes: Mapping[str, Sequence[Mapping]]) -> pl.DataFrame:
+    """One row per (model, rule, test hand): whether the model solved it. Every comparison of models pairs
+    them on these shared hands (rlheals.statistics)."""
+    frames = [pl.DataFrame({"model_id": model_id, "rule": [r["rule"] for r in rows],
+                            "episode": [r["episode"] for r in rows], "correct": [bool(r["correct"]) for r in rows]},
+                           schema={"model_id": pl.String, "rule": pl.String, "episode": pl.String,
+                                   "correct": pl.Boolean})
+              for model_id, rows in episodes.items()]
+    return pl.concat(frames).sort("model_id", "rule", "episode")
+
+
+def results_matrix(hands: pl.DataFrame, models: Sequence[str], rule: str) -> np.ndarray:
+    """The 0/1 results of `models` on `rule`'s test hands, one row per model, hands in one order. Models
+    scored on different hands cannot be paired: that is an error naming them."""
+    rows = hands.filter(pl.col("rule") == rule, pl.col("model_id").is_in(list(set(models))))
+    wide = rows.pivot(on="model_id", index="episode", values="correct").sort("episode")
+    missing = [m for m in models if m not in wide.columns]
+    if missing:
+        raise ValueError(f"no {rule} results for {missing} in the hands table")
+    partial = [m for m in models if wide[m].null_count()]
+    if partial:
+        raise ValueError(f"{partial} were not scored on every {rule} hand the others were: they cannot be paired")
+    return np.stack([wide[m].to_numpy().astype(np.float64) for m in models])
+
+
+def rl_recovery_table(accuracy: pl.DataFrame, hands: pl.DataFrame) -> pl.DataFrame:
+    """Per SFT seed, algo (the control included), starting step and rule: the start's accuracy (before),
+    the final RL models' mean over seeds (after) with its interval, and, each with its interval
+    (rlheals.statistics: paired on the test hands, seed spread counted, t quantile):
+    - heal: after - before, what RL changed from its start;
+    - drop: ref - before, what SFT lost by the start, ref the better of the base and the best-OOD
+      checkpoint B on this rule (curve.peak);
+    - recovered_share R = heal / drop, only where the drop lies beyond its interval, and only on OOD;
+    - vs_control: after - the control's after from the same start (null for the control itself)."""
     final = accuracy.filter(pl.col("stage") == "rl", pl.col("rl_update").is_null())
-    binomial = pl.col("accuracy") * (1 - pl.col("accuracy")) / pl.col("n_episodes")
-    after = final.group_by("sft_seed", "algo", "sft_step", "rule").agg(
-        pl.col("accuracy").mean().alias("acc_after"), pl.col("accuracy").min().alias("acc_after_min"),
-        pl.col("accuracy").max().alias("acc_after_max"), pl.len().alias("n_seeds"),
-        pl.max_horizontal(pl.col("accuracy").var().fill_null(0.0), binomial.mean()).alias("_var"))
-    after = after.with_columns((pl.col("_var") / pl.col("n_seeds")).sqrt().alias("acc_after_se")).drop("_var")
-    table = after.join(sft, on=["sft_seed", "sft_step", "rule"], nulls_equal=True).join(
-        peak, on=["sft_seed", "rule"], nulls_equal=True).with_columns(
-        pl.when(pl.col("acc_peak") > pl.col("acc_before"))
-        .then((pl.col("acc_after") - pl.col("acc_before")) / (pl.col("acc_peak") - pl.col("acc_before")))
-        .otherwise(None).alias("recovered_share"))
-    return table.sort("rule", "sft_seed", "sft_step", "algo", nulls_last=False)
+    sft = accuracy.filter(pl.col("stage") == "sft")
+    groups = final.group_by("sft_seed", "algo", "sft_step", "rule").agg(
+        pl.col("model_id").sort(), pl.col("accuracy").min().alias("acc_after_min"),
+        pl.col("accuracy").max().alias("acc_after_max"))
+    rows = []
+    for g in groups.iter_rows(named=True):
+        seed, rule = g["sft_seed"], g["rule"]
+        start = model_ids.sft(g["sft_step"], seed)
+        curve_rows = sft.filter(pl.col("sft_seed").eq_missing(seed), pl.col("rule") == rule).sort("sft_step")
+        best = curve.peak(curve_rows.to_dicts()) if rule == "ood" else None
+        start_rows = curve_rows.filter(pl.col("sft_step") == 0)  # the base model's weights, step 0 of SFT
+        if not start_rows.height:
+            start_rows = accuracy.filter(pl.col("stage") == "base", pl.col("rule") == rule)
+        ref = max((*start_rows.head(1).iter_rows(named=True), *([best] if best else [])),
+                  key=lambda r: r["accuracy"])["model_id"]
+        control = final.filter(pl.col("sft_seed").eq_missing(seed), pl.col("sft_step") == g["sft_step"],
+                               pl.col("rule") == rule, pl.col("algo") == model_ids.CONTROL)["model_id"].sort().to_list()
+        runs = g["model_id"]
+        names = {"ref": [ref], "start": [start], "rl": runs,
+                 "control": control if control and g["algo"] != model_ids.CONTROL else []}
+        matrix = results_matrix(hands, [m for ids in names.values() for m in ids], rule)
+        arms, at = {}, 0
+        for name, ids in names.items():
+            arms[name], at = matrix[at:at + len(ids)], at + len(ids)
+        after = statistics.contrast(arms, {"rl": 1})
+        heal = statistics.contrast(arms, {"rl": 1, "start": -1})
+        drop = statistics.contrast(arms, {"ref": 1, "start": -1})
+        defined = rule == "ood" and drop.value > 0 and drop.beyond(0)
+        share = statistics.ratio(arms, {"rl": 1, "start": -1}, {"ref": 1, "start": -1}) if defined else None
+        vs = statistics.contrast(arms, {"rl": 1, "control": -1}) if len(arms["control"]) else None
+        rows.append({"sft_seed": seed, "algo": g["algo"], "sft_step": g["sft_step"], "rule": rule,
+                     "n_seeds": len(runs), "n_episodes": matrix.shape[1], "acc_before": arms["start"].mean(),
+                     "acc_after": after.value, "acc_after_low": after.low, "acc_after_high": after.high,
+                     "acc_after_min": g["acc_after_min"], "acc_after_max": g["acc_after_max"],
+                     **_interval("heal", heal), "ref": ref, "acc_ref": arms["ref"].mean(), **_interval("drop", drop),
+                     "drop_beyond_noise": defined, **_interval("recovered_share", share),
+                     "control_seeds": len(arms["control"]) or None,
+                     "acc_control": float(arms["control"].mean()) if vs is not None else None, **_interval("vs_control", vs)})
+    return pl.DataFrame(rows, schema_overrides={"sft_seed": pl.Int64}).sort(
+        "rule", "sft_seed", "sft_step", "algo", nulls_last=False)
+
+
+def _interval(name: str, est: statistics.Estimate | None) -> dict:
+    """A statistic's columns: value, 95% bounds, standard error, degrees of freedom, p against 0."""
+    if est is None:
+        return {name: None, f"{name}_low": None, f"{name}_high": None, f"{name}_se": None, f"{name}_df": None,
+                f"{name}_p": None}
+    return {name: est.value, f"{name}_low": est.low, f"{name}_high": est.high, f"{name}_se": est.se,
+            f"{name}_df": est.df, f"{name}_p": est.p_value}
 
 
 def checkpoint_table(model_dirs: Mapping[str, str]) -> pl.DataFrame:
