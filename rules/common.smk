@@ -82,10 +82,14 @@ def chosen():
         try:
             done = checkpoints.choose_points.get(**({"sft_seed": seed} if SFT_SEEDED else {}))
         except IncompleteCheckpointException:
-            # Snakemake reads a points file already there once the DAG is built, as a plain dry run does.
-            if ASSUMED_PEAK is None or Path(study.points_file(seed)).exists():
+            if ASSUMED_PEAK is None:
                 raise
-            points[seed] = assume_points(seed)
+            # A points file already there whose checkpoint reruns (its code, params or inputs changed):
+            # the plan takes its points, which the rerun may change.
+            existing = Path(study.points_file(seed))
+            points[seed] = read_points(str(existing)) if existing.exists() else assume_points(seed)
+            if existing.exists():
+                note(plan.rerun_note(seed, points[seed], str(existing)))
             assumed.append(seed)
             continue
         points[seed] = read_points(done.output[0])

@@ -36,7 +36,7 @@ card = models.Card(
           "training data": f"`{train}` (sha256 `{data.sha256(train)}`)",
           "trainer": {"grpo": "TRL GRPOTrainer", "rloo": "TRL RLOOTrainer",
                       "ppo": "rlheals.ppo (the papers' PPO)", rl.CONTROL: "TRL SFTTrainer"}[algo]},
-    settings=cfg, unit="step" if algo == rl.CONTROL else "update", total=settings.updates, tags=("rl", algo))
+    settings=cfg, unit="update", total=settings.updates, tags=("rl", algo))
 job = Job(
     start=start,
     outputs=outputs,

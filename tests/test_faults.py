@@ -364,19 +364,22 @@ def weights_of(root: Path) -> dict[str, str]:
 def test_rl_killed_after_an_update_resumes_to_the_same_model(algo, rl_setup, tmp_path, monkeypatch):
     """Killed after update 2 (checkpoints at 1, 2, 3; update 2's not yet written): the rerun resumes from
     update 1, publishes u1 again (snakemake removed it), and ends bit-identical, log rows included (the
-    control's train loss logged at update 2 averages updates 1 and 2 as in the uninterrupted run)."""
+    control's train loss logged at update 2 averages updates 1 and 2 as in the uninterrupted run). The
+    control takes 2 optimizer steps per update: killed at step 4, it resumes from step 3, inside update 2."""
+    per = rl_settings(algo, rl_setup["settings"], rl_setup["cfg"]["sft"]).steps_per_update if algo == "sft_continue" else 1
     clean = run_algo(algo, rl_setup, tmp_path / "clean")
-    monkeypatch.setattr(runlog, "fault_point", kill_after(2))
+    monkeypatch.setattr(runlog, "fault_point", kill_after(2 * per))
     with pytest.raises(Killed):
         run_algo(algo, rl_setup, tmp_path / "killed")
     monkeypatch.undo()
     killed = tmp_path / "killed"
-    assert [p.name for p in (killed / "work").glob("checkpoint-*")] == ["checkpoint-1"]
+    kept = f"checkpoint-{2 * per - 1}"
+    assert [p.name for p in (killed / "work").glob("checkpoint-*")] == [kept]
     assert sorted(p.name for p in (killed / "models").iterdir()) == [f"rl-{algo}-6-u1"]
     shutil.rmtree(killed / "models")  # what snakemake does to a failed job's outputs
     logs = []
     resumed = run_algo(algo, rl_setup, killed, log=logs.append)
-    assert any(line.startswith("resuming from") and line.endswith("checkpoint-1") for line in logs), logs
+    assert any(line.startswith("resuming from") and line.endswith(kept) for line in logs), logs
     final = weights_of(tmp_path / "clean")
     assert final[f"rl-{algo}-6"] != sha256(rl_setup["start"] / "model.safetensors")  # it trained
     assert weights_of(killed) == final

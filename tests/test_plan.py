@@ -77,6 +77,15 @@ def test_plan_lists_every_job_a_dry_run_cannot_see_yet(workflow):
     assert "rlheals plan: B = 2, T = 6 as chosen (results/tables/sft_points.json)" in proc.stdout
     assert "ASSUMED" not in proc.stdout and "this dry run is the whole plan" in proc.stdout
 
+    # A points file whose job reruns (here forced; a change of its code does the same): its points are
+    # taken, and the plan says the rerun may change them.
+    proc = run_plan(workflow, "--forcerun", "choose_points", configfile=("config/smoke.yaml", named))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert plan.job_counts(proc.stdout)["rl"] == workflow.dry_run_jobs()["rl"]
+    assert ("rlheals plan: B = 2, T = 6 ASSUMED from results/tables/sft_points.json, which choose_points "
+            "writes again before the run reads it (the job reruns)") in proc.stdout
+    assert "planned with assumed points" in proc.stdout
+
 
 def test_plan_of_a_config_that_names_every_step_says_it_is_the_whole_plan(workflow):
     proc = run_plan(workflow)

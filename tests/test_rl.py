@@ -201,7 +201,10 @@ def test_rl_models_are_loadable_deterministic_and_reruns_stay_in_rl(finished_stu
     block = smoke[smoke.index("rl:\n"): smoke.index("sft:")]
     lr = smoke_with(workflow, "lr.yaml", block + "  lr: 3.0e-4\n")
     target = "results/tables/rl_log.parquet"
-    assert workflow.dry_run_jobs(target, configfile=lr) == {"rl": 2, "rl_log_table": 1}  # the control has no lr
+    # The control takes RL's learning rate while rl.control_lr is null: all three runs.
+    assert workflow.dry_run_jobs(target, configfile=lr) == {"rl": 3, "rl_log_table": 1}
+    own = smoke_with(workflow, "own.yaml", block + "  control_lr: 3.0e-4\n  control_steps_per_update: 1\n")
+    assert workflow.dry_run_jobs(target, configfile=own) == {"rl": 1, "rl_log_table": 1}  # the control alone
     clip = smoke_with(workflow, "clip.yaml", block.replace("{epochs: 1, minibatch: 4}", "{epochs: 1, minibatch: 4, clip: 0.3}"))
     assert workflow.dry_run_jobs(target, configfile=clip) == {"rl": 1, "rl_log_table": 1}
     assert workflow.dry_run_jobs(target) == {}
@@ -216,3 +219,20 @@ def test_rloo_runs_through_trl(finished_study):
     log = pl.read_parquet(workflow.path / "results" / "tables" / "rl" / "rloo-6.parquet")
     assert log["update"].to_list() == [0, 1, 2] and log["completions"].drop_nulls().to_list() == [4, 4]
     models.load_model(workflow.path / "results" / "models" / "rl-rloo-6")
+
+
+def test_the_control_takes_rls_step_size_and_optimizer_steps_unless_told_otherwise():
+    import yaml
+
+    from conftest import ROOT
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    control = rl_settings("sft_continue", cfg["rl"], cfg["sft"])
+    assert control.sft.lr == cfg["rl"]["lr"] == 1e-5 and control.sft.lr != cfg["sft"]["lr"]
+    assert control.steps_per_update == 2 and control.sft.max_steps == 2 * cfg["rl"]["updates"]
+    assert control.sft.batch_size == cfg["rl"]["prompts_per_update"]
+    assert control.sft.logging_steps == 2 * cfg["rl"]["probe"]["every"]  # losses on update boundaries
+    own = rl_settings("sft_continue", {**cfg["rl"], "control_lr": 3e-4, "control_steps_per_update": 1}, cfg["sft"])
+    assert own.sft.lr == 3e-4 and own.sft.max_steps == cfg["rl"]["updates"]
+    # The RL algorithms do not read the control's keys.
+    assert rl_settings("ppo", cfg["rl"]) == rl_settings("ppo", {**cfg["rl"], "control_lr": 1.0})

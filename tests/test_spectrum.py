@@ -287,10 +287,10 @@ def test_the_random_update_null_is_what_a_random_update_shows():
 
 def test_finding_3_is_decided_against_a_random_update_and_can_fail():
     base = {f"layers.{i}.q": random_matrix(96, 64, seed=10 + i).double() for i in range(8)}
-    # An update of random direction: as rotational as chance, so the rotation claim is not shown.
+    # An update of random direction: as rotational as chance, so the run cannot tell it from the null.
     random_pair = {k: (w, w + 0.05 * w.norm() / 80 * random_matrix(96, 64, seed=40 + i).double())
                    for i, (k, w) in enumerate(base.items())}
-    assert decided(summary_of(random_pair))["What changes is rotation"] == "no"
+    assert decided(summary_of(random_pair))["What changes is rotation"] == "undefined"
     # A small pure rotation of the left singular vectors (W_b = R W_a, a relative change of about 3%):
     # more rotational than chance. (At 27% the second-order diagonal of R - I makes even a pure rotation's
     # share 0.98, below a random update's 0.99: the singular values' test is the sharper one there.)

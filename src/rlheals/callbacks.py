@@ -66,27 +66,32 @@ class LogLosses(TrainerCallback):
 class UpdateLog(TrainerCallback):
     """After each RL update of `job`: a log row (the reward and its verdict categories from `reward`, the
     probe's accuracies when `schedule` (rl.probe) says so), kept in the job's work directory for a resumed
-    run. `rows` holds the rows of a resumed run so far and receives the new ones."""
+    run. `rows` holds the rows of a resumed run so far and receives the new ones. `steps_per_update`: the
+    trainer's steps that make one update (the control takes several per RL update)."""
 
-    def __init__(self, job: Job, reward, probe, schedule, tokenizer, rows: list):
+    def __init__(self, job: Job, reward, probe, schedule, tokenizer, rows: list, steps_per_update: int = 1):
         self.reward, self.probe, self.schedule, self.tokenizer = reward, probe, schedule, tokenizer
         self.rows, self.work, self.log, self.tracking = rows, job.work, job.log, job.tracking
+        self.per_update = steps_per_update
         self.tracker = runlog.Tracker(None)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero:  # beside the Trainer's own events, in the same directory
             self.tracker = runlog.Tracker(self.tracking, fresh=False)
         if not self.rows:  # a resumed run has its rows from before the kill
-            probed = self.probe(model, self.tokenizer) if self.schedule.due(0, args.max_steps) else {}
+            last = args.max_steps // self.per_update
+            probed = self.probe(model, self.tokenizer) if self.schedule.due(0, last) else {}
             self.rows.append({"update": 0, **probed})
             if state.is_world_process_zero:
                 checkpoints.save_rows(self.work, self.rows)
                 self.tracker.scalars(0, self.rows[-1], "update/")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        update = state.global_step
+        if state.global_step % self.per_update:
+            return
+        update = state.global_step // self.per_update
         row = {"update": update, **(self.reward.drain() if self.reward else {})}
-        if self.schedule.due(update, args.max_steps):
+        if self.schedule.due(update, args.max_steps // self.per_update):
             row.update(self.probe(model, self.tokenizer))
         self.rows.append(row)
         if state.is_world_process_zero:

@@ -50,8 +50,8 @@ def _sft(accuracy: pl.DataFrame) -> pl.DataFrame:
 
 def sft_accuracy(accuracy: pl.DataFrame, losses: pl.DataFrame, recovery: pl.DataFrame) -> alt.HConcatChart:
     """Left: ID and OOD accuracy (95% Wilson band) vs SFT step; RL from that step (mean over seeds, error
-    bars = min..max) as triangles, the continued-SFT control as squares; the steps where RL beat the
-    control on OOD shaded. Right: train and held-out losses, the best-loss and best-OOD steps marked."""
+    bars = min..max) as triangles, the continued-SFT control as squares; the steps where RL ended above the
+    control on OOD beyond the interval of the difference shaded (recovery_window). Right: train and held-out losses, the best-loss and best-OOD steps marked."""
     sft = _sft(accuracy)
     x = step_axis(sft["sft_step"])
     # One band and line per rule and SFT seed: every seed's curve stays visible.
@@ -122,19 +122,17 @@ def best_steps(accuracy: pl.DataFrame, losses: pl.DataFrame) -> pl.DataFrame:
 
 
 def recovery_window(recovery: pl.DataFrame) -> pl.DataFrame:
-    """Start steps where every RL seed (of some algo) ended above every control seed on OOD, per SFT seed,
-    as [start, end] spans reaching halfway to the neighbouring starting steps of the same SFT seed."""
-    ood = recovery.filter(pl.col("rule") == "ood")
+    """Start steps where RL (of some algo) ended above the continued-SFT control on OOD beyond the 95%
+    interval of their difference (tables.rl_recovery_table), per SFT seed, as [start, end] spans reaching
+    halfway to the neighbouring starting steps of the same SFT seed."""
+    ood = recovery.filter(pl.col("rule") == "ood", pl.col("algo") != model_ids.CONTROL)
     keys = ["sft_seed", "sft_step"]
-    rl_arm = ood.filter(pl.col("algo") != model_ids.CONTROL).group_by(keys).agg(
-        pl.col("acc_after_min").max().alias("acc_after"))
-    control = ood.filter(pl.col("algo") == model_ids.CONTROL).select(
-        *keys, pl.col("acc_after_max").alias("control"))
-    joined = rl_arm.join(control, on=keys, nulls_equal=True).sort(keys, nulls_last=False)
+    above = ood.group_by(keys).agg((pl.col("vs_control_low") > 0).any().fill_null(False).alias("good")).sort(
+        keys, nulls_last=False)
     spans = []
-    for _, seed in joined.group_by("sft_seed", maintain_order=True):
+    for _, seed in above.group_by("sft_seed", maintain_order=True):
         steps = seed["sft_step"].to_list()
-        for i, (step, good) in enumerate(zip(steps, seed["acc_after"] > seed["control"])):
+        for i, (step, good) in enumerate(zip(steps, seed["good"])):
             if good:
                 spans.append({"start": (steps[i - 1] + step) / 2 if i else step,
                               "end": (steps[i + 1] + step) / 2 if i + 1 < len(steps) else step})

@@ -25,6 +25,16 @@ def verdict(met: bool) -> str:
     return YES if met else NO
 
 
+def side(low: float, high: float, sign: int = 1, at: float = 0.0) -> str:
+    """A directional claim from an interval: yes where it lies wholly on the claimed side of `at` (sign +1:
+    above, -1: below), no where it lies wholly on the other side, undefined where it holds `at` (the run
+    cannot tell)."""
+    above, below = low > at, high < at
+    if sign < 0:
+        above, below = below, above
+    return YES if above else NO if below else UNDEFINED
+
+
 def _row(finding: str, claim: str, statistic: str, value: float | None, uncertainty: str, paper: str,
          reproduced: str, note: str) -> dict:
     if reproduced not in VERDICTS:
@@ -83,9 +93,10 @@ def _rises_above_base(ood: pl.DataFrame, peak: Mapping, hands: pl.DataFrame, lab
     if gain.se == 0:
         return _row("1", claim, statistic, 100 * gain.value, "", paper, UNDEFINED,
                     "undefined: the best checkpoint and the base solve the same hands")
-    return _row("1", claim, statistic, 100 * gain.value, gain.text(), paper, verdict(gain.low > 0),
+    return _row("1", claim, statistic, 100 * gain.value, gain.text(), paper, side(gain.low, gain.high),
                 f"step {peak['sft_step']} {_pct(peak['accuracy'])}, base {_pct(base['accuracy'])}; criterion: "
-                "the interval above 0; the best checkpoint is chosen on the same hands, which favours it")
+                "the interval above 0 (yes), below 0 (no), holding 0 (undefined); the best checkpoint is "
+                "chosen on the same hands, which favours it")
 
 
 def _sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, hands: pl.DataFrame, label: str) -> list[dict]:
@@ -182,11 +193,14 @@ def _healing_row(r: Mapping, where: str, p_holm: float | None, context: str) -> 
     if r["n_seeds"] < 2:
         return _row("2", claim, statistic, r["recovered_share"], heal, PAPER_HEALING, UNDEFINED,
                     f"undefined: one RL seed, so the spread between seeds is unknown; {context}")
-    found = verdict(r["recovered_share"] >= 0.5 and r["heal"] > 0 and p_holm < 0.05)
+    if r["recovered_share"] >= 0.5 and r["heal"] > 0 and p_holm < 0.05:
+        found = YES
+    else:
+        found = NO if r["recovered_share_high"] < 0.5 else UNDEFINED
     return _row("2", claim, statistic, r["recovered_share"],
                 f"R {_interval(r, 'recovered_share', 1, 2)}; {heal}, Holm-adjusted p {p_holm:.3f}", PAPER_HEALING,
-                found, f"criterion: R at least 0.5 and H above 0 at Holm-adjusted p < 0.05; drop "
-                f"{_points(r, 'drop')}; {context}")
+                found, f"criterion: yes where R is at least 0.5 and H above 0 at Holm-adjusted p < 0.05, no where "
+                f"R's interval lies below 0.5, undefined otherwise; drop {_points(r, 'drop')}; {context}")
 
 
 def _control_row(r: Mapping, where: str, p_holm: float | None, context: str) -> dict:
@@ -203,11 +217,14 @@ def _control_row(r: Mapping, where: str, p_holm: float | None, context: str) -> 
         return _row("2", claim, statistic, 100 * r["vs_control"], _points(r, "vs_control"),
                     "RL keeps OOD that SFT loses", UNDEFINED,
                     f"undefined: every RL and control model scores the same; {context}")
-    found = verdict(r["vs_control"] > 0 and p_holm < 0.05)
+    if r["vs_control"] > 0 and p_holm < 0.05:
+        found = YES
+    else:
+        found = NO if r["vs_control_high"] < 0 else UNDEFINED
     return _row("2", claim, statistic, 100 * r["vs_control"],
                 f"{_points(r, 'vs_control')}, Holm-adjusted p {p_holm:.3f}", "RL keeps OOD that SFT loses", found,
-                f"control {_pct(r['acc_control'])} ({r['control_seeds']} seeds); criterion: above 0 at "
-                f"Holm-adjusted p < 0.05; {context}")
+                f"control {_pct(r['acc_control'])} ({r['control_seeds']} seeds); criterion: yes above 0 at "
+                f"Holm-adjusted p < 0.05, no where the interval lies below 0, undefined otherwise; {context}")
 
 
 def _interval(r: Mapping, name: str, scale: float, digits: int) -> str:
@@ -256,10 +273,11 @@ def spectrum_stability(summary: pl.DataFrame, base: str, last: str) -> list[dict
             continue
         observed, null = both[metric].to_numpy(), both[f"null_{metric}"].to_numpy()
         gap = statistics.difference(observed, null)
-        met = gap.low > 0 if sign > 0 else gap.high < 0
         rows.append(_row("3", claim, statistic, gap.value, f"{gap.text(scale=1, digits=4)} over {both.height} matrices",
-                         paper, verdict(met), f"SFT {observed.mean():.4f}, random update {null.mean():.4f} "
-                         f"(mean over matrices); criterion: the interval {'above' if sign > 0 else 'below'} 0"))
+                         paper, side(gap.low, gap.high, sign), f"SFT {observed.mean():.4f}, random update "
+                         f"{null.mean():.4f} (mean over matrices); criterion: the interval "
+                         f"{'above' if sign > 0 else 'below'} 0 (yes), on the other side (no), holding 0 "
+                         "(undefined)"))
     return rows
 
 
@@ -331,14 +349,20 @@ def restoration_findings(table: pl.DataFrame) -> list[dict]:
                     f"{100 * r['gap_high']:.1f}], not beyond noise")
         found = NO_CLAIM
         if claim:
-            found = verdict(r["recovery"] >= 0.5 and r["recovery_low"] > 0) if defined else UNDEFINED
+            if not defined:
+                found = UNDEFINED
+            elif r["recovery"] >= 0.5 and r["recovery_low"] > 0:
+                found = YES
+            else:  # decided against the claim only where the whole interval is below half
+                found = NO if r["recovery_high"] < 0.5 else UNDEFINED
         label = claim[0] if claim else f"{r['kind']} edit {r['edit']}"
         rows.append(_row("4", f"Restoring the {label} of {r['base']} into {r['target']} recovers OOD accuracy",
                          "OOD recovery fraction (acc_edit - acc_T) / (acc_B - acc_T)",
                          r["recovery"] if defined else None, interval,
                          claim[1] if claim else "no claim in the papers", found,
                          f"edit {r['edit']}: {_pct(r['acc_edit'])} between T {_pct(r['acc_target'])} and B "
-                         f"{_pct(r['acc_base'])}" + ("; criterion: at least 0.5, interval above 0" if claim else "")))
+                         f"{_pct(r['acc_base'])}" + ("; criterion: yes at least 0.5 with the interval above 0, no with the "
+                                                     "interval below 0.5, undefined otherwise" if claim else "")))
     return rows
 
 

@@ -68,6 +68,13 @@ def assumed_note(seed: int | None, points: Mapping[str, int | None], given: bool
             f"as the run will choose); RL starting points: {_starts(points)}")
 
 
+def rerun_note(seed: int | None, points: Mapping[str, int | None], path: str) -> str:
+    """The plan's line for an SFT run whose points file is there but whose choose_points job reruns."""
+    run = "" if seed is None else f"SFT seed {seed}: "
+    return (f"{NOTE} {run}B = {points['B']}, T = {points['T']} ASSUMED from {path}, which choose_points "
+            f"writes again before the run reads it (the job reruns); RL starting points: {_starts(points)}")
+
+
 def chosen_note(seed: int | None, points: Mapping[str, int | None], path: str) -> str:
     """The plan's line for an SFT run whose points are chosen already."""
     run = "" if seed is None else f"SFT seed {seed}: "

@@ -5,6 +5,7 @@ with the checkpoints of callbacks.Checkpoints, so that a killed run resumes wher
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -183,17 +184,23 @@ def run_trl(algo: str, *, job: Job, task: Task, settings: RLSettings) -> list[di
 
 
 def run_control(*, job: Job, task: Task, settings: ControlSettings) -> list[dict]:
-    """The control arm: SFT continued from `job.start` on the RL run's hands, with as many optimizer steps
-    of `prompts_per_update` hands as the RL run has updates, so it sees the same hands the same number of
-    times. Without it "RL heals" cannot be told from "RL merely stops SFT's drift"."""
+    """The control arm: SFT continued from `job.start` on the RL run's hands, `steps_per_update` optimizer
+    steps of `prompts_per_update` hands per RL update, at RL's learning rate by default: the dose of an RL
+    run without its reward. Without it "RL heals" cannot be told from "RL merely stops SFT's drift".
+    Update u is the SFT step u * steps_per_update: its checkpoints and log rows are numbered by update."""
     from rlheals import sft
     from rlheals.callbacks import UpdateLog
 
-    probe_rows = checkpoints.load_rows(job.work, checkpoints.step_of(checkpoints.last_checkpoint(job.work)))
-    callback = UpdateLog(job, None, task.probe, settings.probe, models.load_tokenizer(job.start), probe_rows)
-    losses = sft.run(job=job, task=task, settings=settings.sft, callbacks=[callback])
+    k = settings.steps_per_update
+    by_step = dataclasses.replace(job, outputs={u * k: path for u, path in job.outputs.items()})
+    resumed_step = checkpoints.step_of(checkpoints.last_checkpoint(job.work)) or 0
+    probe_rows = checkpoints.load_rows(job.work, resumed_step // k)
+    callback = UpdateLog(job, None, task.probe, settings.probe, models.load_tokenizer(job.start), probe_rows,
+                         steps_per_update=k)
+    losses = sft.run(job=by_step, task=task, settings=settings.sft, callbacks=[callback])
     by_update = {r["update"]: r for r in probe_rows}
     for loss in losses:
-        by_update.setdefault(loss["step"], {"update": loss["step"]}).update(
-            {k: v for k, v in loss.items() if k != "step"})
+        if loss["step"] % k == 0:
+            update = loss["step"] // k
+            by_update.setdefault(update, {"update": update}).update({k_: v for k_, v in loss.items() if k_ != "step"})
     return [by_update[u] for u in sorted(by_update)]

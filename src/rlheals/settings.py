@@ -99,24 +99,29 @@ class RLSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class ControlSettings:
-    """The continued-SFT control: SFT (`sft`, with the SFT run's settings) for as many steps of
-    `prompts_per_update` hands as an RL run has updates, so it sees the same hands as often."""
+    """The continued-SFT control: SFT (`sft`, with the SFT run's settings but RL's learning rate unless
+    `control_lr` says otherwise) for `steps_per_update` optimizer steps per RL update on batches of
+    `prompts_per_update` hands: RL's step size and optimizer steps, so that "RL forgets less" is not a
+    smaller dose."""
 
     updates: int
     prompts_per_update: int
+    steps_per_update: int
     probe: ProbeSettings
     sft: SFTSettings
 
 
 # rl.* keys that say which runs exist, not how one run trains.
 RUN_LIST_KEYS = frozenset({"algos", "from_steps", "seeds", "control"})
+CONTROL_KEYS = frozenset({"control_lr", "control_steps_per_update"})  # read by the control alone
 # rl.* keys an algo does not read: a change to one reruns no run of that algo.
 UNUSED_RL_KEYS = {
-    "grpo": frozenset({"ppo", "verify_turns"}),
-    "rloo": frozenset({"ppo", "verify_turns"}),
-    "ppo": frozenset(),
-    # The control trains as SFT does (with sft.deepspeed): no sampling, reward or RL optimiser.
-    CONTROL: frozenset({"ppo", "verify_turns", "deepspeed", "num_generations", "temperature", "kl_coef", "lr",
+    "grpo": frozenset({"ppo", "verify_turns"}) | CONTROL_KEYS,
+    "rloo": frozenset({"ppo", "verify_turns"}) | CONTROL_KEYS,
+    "ppo": CONTROL_KEYS,
+    # The control trains as SFT does (with sft.deepspeed): no sampling, reward or RL optimiser; it takes
+    # RL's learning rate (rl.lr) unless control_lr is set.
+    CONTROL: frozenset({"ppo", "verify_turns", "deepspeed", "num_generations", "temperature", "kl_coef",
                         "lr_scheduler", "max_new_tokens", "max_grad_norm", "bf16", "rewards"}),
 }
 # sft.* keys the control does not read: the SFT run's length, saving and logging.
@@ -134,11 +139,14 @@ def rl_settings(algo: str, rl: Mapping, sft: Mapping | None = None) -> RLSetting
     if algo == CONTROL:
         if sft is None:
             raise ValueError("the continued-SFT control needs the sft config slice")
+        per_update = values.pop("control_steps_per_update", 1)
+        own_lr, rl_lr = values.pop("control_lr", None), values.pop("lr")
+        lr = rl_lr if own_lr is None else own_lr
         trains = SFTSettings.from_config(
-            {k: v for k, v in sft.items() if k not in UNUSED_SFT_KEYS_OF_CONTROL}, max_steps=rl["updates"],
-            batch_size=rl["prompts_per_update"], grad_accum=1, logging_steps=probe.every or rl["updates"],
-            eval_examples=probe.episodes)
-        return _build(ControlSettings, "rl", values, probe=probe, sft=trains)
+            {k: v for k, v in sft.items() if k not in UNUSED_SFT_KEYS_OF_CONTROL}, lr=lr,
+            max_steps=rl["updates"] * per_update, batch_size=rl["prompts_per_update"], grad_accum=1,
+            logging_steps=(probe.every or rl["updates"]) * per_update, eval_examples=probe.episodes)
+        return _build(ControlSettings, "rl", values, probe=probe, sft=trains, steps_per_update=per_update)
     if values.get("ppo") is not None:
         values["ppo"] = _build(PPOSettings, "rl.ppo", values["ppo"])
     return _build(RLSettings, "rl", values, probe=probe)
