@@ -2,7 +2,8 @@
 
 For each variant (rl settings changed from config/config.yaml's), one PPO run from a checkpoint of a
 finished study; prints the training reward and share of correct tries (first and last 10 updates), and
-greedy ID and OOD accuracy (the evaluation protocol, on the first N test hands per rule) before and after.
+greedy ID and OOD accuracy (the evaluation protocol, on the first N selection hands per rule: a setting
+chosen here is measured on the test hands, never chosen on them) before and after.
 Variants run two at a time, one thread each.
 
     .venv/bin/python benchmarks/rl_settings.py --study DIR --model DIR [--updates 30] [--episodes 200] \\
@@ -60,8 +61,9 @@ def one_run(study: Path, model: Path, updates: int, episodes: int, changes: list
     rules, fmt = data.rules_from_config(cfg["game"]), cfg["prompt"]["format"]
     verifier = Verifier(cfg["game"]["target"], fmt, cfg["verify"]["strict_format"], cfg["verify"]["rewards"])
     splits = study / "results" / "data"
-    tests = [*data.read_jsonl(splits / "id_test.jsonl")[:episodes], *data.read_jsonl(splits / "ood_test.jsonl")[:episodes]]
-    probe = rl.Probe(eps.from_rows(tests, rules, fmt), verifier, cfg["eval"]["verify_turns"], cfg["eval"]["max_new_tokens"])
+    hands = [*data.read_jsonl(splits / "id_select.jsonl")[:episodes],
+             *data.read_jsonl(splits / "ood_select.jsonl")[:episodes]]
+    probe = rl.Probe(eps.from_rows(hands, rules, fmt), verifier, cfg["eval"]["verify_turns"], cfg["eval"]["max_new_tokens"])
     settings = {**changed(cfg["rl"], changes), "updates": updates, "probe": {"every": updates, "episodes": 2 * episodes}}
     with tempfile.TemporaryDirectory() as work:
         job = Job(start=model, outputs={}, work=Path(work), seed=1, threads=1, log=lambda m: None)
@@ -81,7 +83,7 @@ def main() -> int:
     parser.add_argument("--study", type=Path, required=True, help="a finished study (its results/data)")
     parser.add_argument("--model", type=Path, required=True, help="the checkpoint PPO starts from")
     parser.add_argument("--updates", type=int, default=30)
-    parser.add_argument("--episodes", type=int, default=200, help="test hands per rule for the greedy probe")
+    parser.add_argument("--episodes", type=int, default=200, help="selection hands per rule for the greedy probe")
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME [KEY=VALUE ...]")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # a child process: one variant, prints JSON
     args = parser.parse_args()

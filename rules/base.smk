@@ -3,7 +3,7 @@ if config["model"]["source"] == "tiny":
 
     rule pretrain_corpus:
         input:
-            tests=expand("results/data/{split}.jsonl", split=TEST_SPLITS),
+            tests=expand("results/data/{split}.jsonl", split=HELD_SPLITS),
         output:
             corpus="results/data/pretrain.jsonl",
             manifest="results/data/pretrain_manifest.json",

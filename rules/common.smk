@@ -11,7 +11,7 @@ from rlheals import model_ids
 from rlheals import plan
 from rlheals import resources as sizing
 from rlheals.report import FIGURES, SFT_LOG_FILES, SPECTRUM_PAIR_FILES
-from rlheals.workflow import SPLITS, TEST_SPLITS, Study, canonical, code_hash
+from rlheals.workflow import HELD_SPLITS, SPLITS, TEST_SPLITS, Study, canonical, code_hash
 
 study = Study(config)
 
@@ -82,14 +82,10 @@ def chosen():
         try:
             done = checkpoints.choose_points.get(**({"sft_seed": seed} if SFT_SEEDED else {}))
         except IncompleteCheckpointException:
-            if ASSUMED_PEAK is None:
+            # Snakemake reads a points file already there once the DAG is built, as a plain dry run does.
+            if ASSUMED_PEAK is None or Path(study.points_file(seed)).exists():
                 raise
-            # A points file already there whose checkpoint reruns (its code, params or inputs changed):
-            # the plan takes its points, which the rerun may change.
-            existing = Path(study.points_file(seed))
-            points[seed] = read_points(str(existing)) if existing.exists() else assume_points(seed)
-            if existing.exists():
-                note(plan.rerun_note(seed, points[seed], str(existing)))
+            points[seed] = assume_points(seed)
             assumed.append(seed)
             continue
         points[seed] = read_points(done.output[0])

@@ -22,6 +22,30 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+# The SFT checkpoints on the OOD selection hands, from which choose_points reads B, T and the RL starting
+# points: a choice made on these hands is measured on the test hands (data.SELECT_SPLITS).
+rule evaluate_select:
+    input:
+        model="results/models/{model_id}",
+        tests=["results/data/ood_select.jsonl"],
+    output:
+        "results/eval_select/{model_id}.parquet",
+    log:
+        "logs/eval_select/{model_id}.log",
+    benchmark:
+        "benchmarks/results/eval_select/{model_id}.tsv"
+    params:
+        code=code_of("evaluate.py"),
+        cfg=canonical(study.eval_slice()),
+    threads: job_threads(4)
+    resources:
+        **sized("evaluate"),
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
 rule accuracy_table:
     input:
         lambda w: expand("results/eval/{model_id}.parquet", model_id=chosen().eval_models),
@@ -44,7 +68,7 @@ rule accuracy_table:
 # it has run (a Snakemake checkpoint). Asked for only when the config names a point (docs/study.md).
 checkpoint choose_points:
     input:
-        lambda w: expand("results/eval/{model_id}.parquet", model_id=study.sft_models[sft_seed_of(w)]),
+        lambda w: expand("results/eval_select/{model_id}.parquet", model_id=study.sft_models[sft_seed_of(w)]),
     output:
         f"results/tables/{SEED}sft_points.json",
     log:

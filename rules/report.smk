@@ -65,6 +65,7 @@ rule report_tables:
     params:
         code=code_of("report_tables.py"),
         last_sft=LAST_SFT,
+        chosen_b=lambda w: [[seed, points["B"]] for seed, points in (chosen().points or {}).items()],
         # what finding 5 needs to say whether RL and SFT ran at a matched dose
         doses={
             "sft": {"lr": config["sft"]["lr"], "steps": config["sft"]["max_steps"]},

@@ -1,5 +1,6 @@
 """results/tables/sft_points.json: B (the best-OOD SFT checkpoint), T (the last) and the RL starting points,
-chosen from the evaluations of the SFT checkpoints (rlheals.curve.choose_points)."""
+chosen from the evaluations of the SFT checkpoints on the OOD selection hands, never the test hands
+(rlheals.curve.choose_points); `ood_accuracy` holds those selection accuracies."""
 
 from pathlib import Path
 

@@ -1,4 +1,5 @@
-"""Evaluate one model (results/models/{model_id}) on the ID and OOD test episodes: one row per episode."""
+"""Evaluate one model (results/models/{model_id}) on the episodes of its input splits (the ID and OOD test
+splits, or a selection split): one row per episode."""
 
 import json
 import time

@@ -9,7 +9,7 @@ log = runlog.setup(snakemake.log[0])
 cfg = json.loads(snakemake.params.cfg)
 target, settings = cfg["target"], cfg["pretrain"]
 test_keys = {cards.value_key(r["values"]) for path in snakemake.input.tests for r in data.read_jsonl(path)}
-# Banned with the target: every test hand's value multiset, and every multiset reserved for a test split.
+# Banned with the target: every test and selection hand's value multiset, and every multiset reserved for them.
 banned = test_keys | frozenset().union(*data.heldout_multisets(cfg["game"], cfg["data"]).values())
 # With `test_multisets_as_numbers`, numeric puzzles may use them (as bare numbers, never as cards).
 numbers_known = settings["test_multisets_as_numbers"]

@@ -11,10 +11,12 @@ losses = tables.read_sft_logs(snakemake.input.losses)
 spectrum = pl.read_parquet(snakemake.input.spectrum)
 restoration = pl.read_parquet(snakemake.input.restoration)
 last = snakemake.params.last_sft
-recovery = tables.rl_recovery_table(accuracy, hands)
+# B of each SFT seed as chosen on the selection hands (none when the config names every step)
+chosen_b = {seed: b for seed, b in snakemake.params.chosen_b}
+recovery = tables.rl_recovery_table(accuracy, hands, chosen_b)
 points = tables.rotation_points(spectrum, accuracy)
 found = findings.table(
-    [*findings.sft_forgetting(accuracy, losses, hands), *findings.rl_healing(recovery),
+    [*findings.sft_forgetting(accuracy, losses, hands, chosen_b), *findings.rl_healing(recovery),
      *findings.spectrum_stability(spectrum, "base", last),
      *findings.rotation_predicts_ood(points), *findings.restoration_findings(restoration),
      *findings.update_norms(spectrum, "base", last, snakemake.params.doses)])

@@ -36,7 +36,9 @@ card = models.Card(
           "training data": f"`{train}` (sha256 `{data.sha256(train)}`)",
           "trainer": {"grpo": "TRL GRPOTrainer", "rloo": "TRL RLOOTrainer",
                       "ppo": "rlheals.ppo (the papers' PPO)", rl.CONTROL: "TRL SFTTrainer"}[algo]},
-    settings=cfg, unit="update", total=settings.updates, tags=("rl", algo))
+    # The control counts its optimizer steps (control_steps_per_update of them per RL update)
+    settings=cfg, unit="step" if algo == rl.CONTROL else "update",
+    total=settings.sft.max_steps if algo == rl.CONTROL else settings.updates, tags=("rl", algo))
 job = Job(
     start=start,
     outputs=outputs,

@@ -10,7 +10,7 @@ from rlheals import plan, report
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-ONE_THREAD = ("evaluate=1", "svd=1", "spectrum=1", "restore=1")
+ONE_THREAD = ("evaluate=1", "evaluate_select=1", "svd=1", "spectrum=1", "restore=1")
 WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "config", "envs", "slurm", "requirements.txt", "requirements-analysis.txt")
 
 # The smoke study's figures, and what an SFT change reruns downstream on the smoke config: 3 RL runs from

@@ -19,6 +19,8 @@ DATA = {
         "rl_train": {"rule": "id", "size": 100, "seed": 2},
         "id_test": {"rule": "id", "size": 60, "seed": 3},
         "ood_test": {"rule": "ood", "size": 60, "seed": 4},
+        "id_select": {"rule": "id", "size": 40, "seed": 5},
+        "ood_select": {"rule": "ood", "size": 40, "seed": 6},
     },
 }
 
@@ -57,6 +59,37 @@ def test_a_paper_style_id_split_shares_training_multisets_but_never_an_ood_one()
     assert data.leaks({"id_test": 7, "ood_test": 0}, GAME, paper) == []
     assert data.leaks({"id_test": 7, "ood_test": 0}, GAME, DATA) == ["7 value multisets of id_test appear in training"]
     assert data.leaks({"id_test": 0, "ood_test": 2}, GAME, paper) == ["2 value multisets of ood_test appear in training"]
+
+
+def test_selection_hands_are_apart_from_the_test_hands_and_from_training(tmp_path):
+    for holdout in (DATA["holdout_share"], {"id_test": 0.0, "ood_test": 0.25}):
+        config = {**DATA, "holdout_share": holdout}
+        made = {split: data.make_split(split, GAME, config) for split in SPLITS}
+        train = keys(made["sft_train"]) | keys(made["rl_train"])
+        for select, test in data.MIRRORS.items():
+            assert made[select] and not keys(made[select]) & keys(made[test]), select
+            assert {r["rule"] for r in made[select]} == {DATA["splits"][select]["rule"]}
+        assert not keys(made["ood_select"]) & train  # a reserved selection split stays out of training
+        held = data.heldout_multisets(GAME, config)
+        assert not held["ood_select"] & held["ood_test"] and len(held["ood_select"]) == len(held["ood_test"])
+        written = {}
+        for split, rows in made.items():
+            written[split] = tmp_path / f"{split}.jsonl"
+            data.write_jsonl(rows, written[split])
+        manifest = data.manifest(written, GAME, config)
+        assert manifest["select_multisets_in_test"] == {"id_select": 0, "ood_select": 0}
+        assert manifest["leaks"] == []
+    # The test hands are the ones a study without selection splits deals: adding them changes no test hand.
+    without = {**DATA, "splits": {k: v for k, v in DATA["splits"].items() if k not in data.SELECT_SPLITS}}
+    for test in TEST_SPLITS:
+        assert data.make_split(test, GAME, without) == data.make_split(test, GAME, DATA)
+    too_much = {**DATA, "holdout_share": 0.6}
+    try:
+        data.heldout_multisets(GAME, too_much)
+    except ValueError as e:
+        assert "_select needs" in str(e) and "lower the share" in str(e)
+    else:
+        raise AssertionError("a selection split with no multisets left was not refused")
 
 
 def test_generation_is_deterministic_and_seeded():

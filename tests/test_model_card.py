@@ -148,4 +148,5 @@ def test_every_model_of_the_smoke_study_has_a_card_that_matches_the_study(smoke_
     assert "after update 1 of 2" in cards["rl-ppo-6-u1"] and data_sha["rl_train"] in cards["rl-ppo-6-u1"]
     assert settings_of(cards["rl-ppo-6"]) == study.rl_slice("ppo-6")
     control = cards["rl-sft_continue-6"]
-    assert "continued-SFT control" in control and "after step 2 of 2" in control
+    # 2 updates of 2 optimizer steps each (rl.control_steps_per_update)
+    assert "continued-SFT control" in control and "after step 4 of 4" in control

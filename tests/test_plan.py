@@ -25,6 +25,11 @@ restore:
 """
 
 
+# What a config that names points adds to the smoke study's jobs: the 4 SFT checkpoints on the selection
+# hands, and the checkpoint that reads B and T off them.
+CHOOSING = {"evaluate_select": 4, "choose_points": 1}
+
+
 def run_plan(workflow, *args, configfile=("config/smoke.yaml",)) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "rlheals.plan", *args, "--quiet", "rules", "--configfile", *configfile]
     return subprocess.run(cmd, cwd=workflow.path, capture_output=True, text=True)
@@ -61,7 +66,7 @@ def test_plan_lists_every_job_a_dry_run_cannot_see_yet(workflow):
     proc = run_plan(workflow, "--assume-b", "2", configfile=("config/smoke.yaml", named))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # With B = 2 and T = 6 assumed, the plan is the smoke study's own, and the checkpoint that chooses them.
-    assert plan.job_counts(proc.stdout) == {**workflow.dry_run_jobs(), "choose_points": 1}
+    assert plan.job_counts(proc.stdout) == {**workflow.dry_run_jobs(), **CHOOSING}
     # B is the first saved step after 0: no before_peak.
     assert ("rlheals plan: B = 2 ASSUMED (--assume-b), T = 6 ASSUMED (the last saved step, as the run will "
             "choose); RL starting points: peak 2, mid_decline 4, last 6") in proc.stdout
@@ -73,18 +78,16 @@ def test_plan_lists_every_job_a_dry_run_cannot_see_yet(workflow):
     points.write_text('{"B": 2, "T": 6, "before_peak": null, "peak": 2, "mid_decline": 4, "last": 6}')
     proc = run_plan(workflow, "--assume-b", "4", configfile=("config/smoke.yaml", named))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert plan.job_counts(proc.stdout) == {**workflow.dry_run_jobs(), "choose_points": 1}
+    assert plan.job_counts(proc.stdout) == {**workflow.dry_run_jobs(), **CHOOSING}
     assert "rlheals plan: B = 2, T = 6 as chosen (results/tables/sft_points.json)" in proc.stdout
     assert "ASSUMED" not in proc.stdout and "this dry run is the whole plan" in proc.stdout
 
-    # A points file whose job reruns (here forced; a change of its code does the same): its points are
-    # taken, and the plan says the rerun may change them.
+    # A points file whose job runs again (here forced; a change of its code does the same): the jobs after
+    # it are not planned yet, and the plan says so instead of calling itself whole.
     proc = run_plan(workflow, "--forcerun", "choose_points", configfile=("config/smoke.yaml", named))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert plan.job_counts(proc.stdout)["rl"] == workflow.dry_run_jobs()["rl"]
-    assert ("rlheals plan: B = 2, T = 6 ASSUMED from results/tables/sft_points.json, which choose_points "
-            "writes again before the run reads it (the job reruns)") in proc.stdout
-    assert "planned with assumed points" in proc.stdout
+    assert "rl" not in plan.job_counts(proc.stdout) and "this dry run is the whole plan" not in proc.stdout
+    assert "rlheals plan: choose_points runs again before the jobs that use its points" in proc.stdout
 
 
 def test_plan_of_a_config_that_names_every_step_says_it_is_the_whole_plan(workflow):
@@ -132,7 +135,9 @@ def test_the_readme_quotes_the_default_studys_dry_run_and_plan(workflow):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     full = plan.job_counts(proc.stdout)
     assert "rl" not in plain and full["rl"] == 16  # 4 starting points x (ppo + control) x 2 seeds
-    assert plain["evaluate"] == 11 < full["evaluate"]  # the SFT checkpoints; then every model
+    # The SFT checkpoints on the selection hands, which choose B and T; then every model on the test hands.
+    assert plain["evaluate_select"] == full["evaluate_select"] == 11 and "evaluate" not in plain
+    assert full["evaluate"] > 11
     assert all(plain[rule] == full[rule] == 1 for rule in ("base_tiny", "sft", "choose_points"))
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"`snakemake -n` on the default study lists {sum(plain.values())} jobs" in readme
@@ -144,3 +149,25 @@ def test_job_counts_reads_the_rules_table_and_nothing_else():
             "evaluate      11\nsft            1\ntotal         13\n\nrlheals plan: B = 2 ASSUMED\n"
     assert plan.job_counts(table) == {"all": 1, "evaluate": 11, "sft": 1}
     assert plan.job_counts("Nothing to be done (all requested files are present and up to date).") == {}
+
+
+def test_points_are_chosen_on_the_selection_hands_not_the_test_hands(finished_study):
+    """The SFT checkpoints of the smoke study, evaluated on the OOD selection hands by evaluate_select, and
+    B read off those accuracies by choose_points; the test evaluations play no part."""
+    import json
+
+    import polars as pl
+
+    workflow = finished_study
+    named = workflow.write_config("named.yaml", NAMED_POINTS)
+    workflow.run("results/tables/sft_points.json", configfile=("config/smoke.yaml", named))
+    results = workflow.path / "results"
+    chosen = json.loads((results / "tables" / "sft_points.json").read_text())
+    select = {}
+    for path in sorted((results / "eval_select").glob("sft-*.parquet")):
+        rows = pl.read_parquet(path)
+        assert set(rows["episode"].str.split("-").list.first()) == {"ood_select"}  # selection hands only
+        select[int(path.stem.split("-")[1])] = rows["correct"].mean()
+    assert sorted(select) == [0, 2, 4, 6] and chosen["ood_accuracy"] == {str(k): v for k, v in select.items()}
+    trained = {step: acc for step, acc in select.items() if step > 0}
+    assert chosen["B"] == max(trained, key=lambda s: (trained[s], -s)) and chosen["T"] == 6

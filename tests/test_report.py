@@ -51,8 +51,8 @@ def hand_rows(*args, **kwargs) -> pl.DataFrame:
     return tables.hands_table(episodes(*args, **kwargs))
 
 
-def forgetting(ood: dict[int, float], losses: pl.DataFrame, **kwargs) -> list[dict]:
-    return findings.sft_forgetting(accuracy_rows(ood, **kwargs), losses, hand_rows(ood, **kwargs))
+def forgetting(ood: dict[int, float], losses: pl.DataFrame, chosen_b: dict | None = None, **kwargs) -> list[dict]:
+    return findings.sft_forgetting(accuracy_rows(ood, **kwargs), losses, hand_rows(ood, **kwargs), chosen_b)
 
 
 def test_forgetting_is_found_only_when_the_peak_clearly_beats_the_end():
@@ -84,6 +84,12 @@ def test_a_rise_above_the_base_and_the_decline_are_decided_apart():
     assert [r["claim"].split(" ")[2] for r in monotone[:2]] == ["declines", "raises"]
     assert monotone[0]["reproduced"] == "yes" and monotone[1]["reproduced"] == "no"
     assert monotone[1]["value"] == pytest.approx(-1.0)
+    assert "the best checkpoint is chosen on the same hands" in monotone[1]["note"]
+    # With B chosen on the selection hands (step 200 here), that checkpoint is the one measured.
+    chosen = forgetting({0: 0.03, 100: 0.15, 200: 0.10, 300: 0.02}, losses.with_columns(step=pl.Series([0, 100, 300])),
+                        chosen_b={None: 200}, id_by_step={**rising, 300: 0.5})
+    assert chosen[1]["value"] == pytest.approx(7.0) and "B chosen on the selection hands" in chosen[1]["note"]
+    assert "best at step 200 of 300" in chosen[0]["note"]
     # A rise of 12 points over the base on 500 paired hands: beyond its interval.
     peaked = forgetting({0: 0.03, 100: 0.15, 200: 0.04}, losses, id_by_step=rising)
     assert peaked[1]["reproduced"] == "yes" and peaked[1]["value"] == pytest.approx(12.0)
@@ -106,13 +112,16 @@ RL_ARMS = {("grpo", 200, 1): 0.09, ("grpo", 200, 2): 0.08, ("sft_continue", 200,
            ("sft_continue", 100, 1): 0.11, ("sft_continue", 100, 2): 0.09}
 
 
-def recovery_of(ood: dict[int, float], rl: dict, n: int = 500, **kwargs) -> pl.DataFrame:
-    return tables.rl_recovery_table(accuracy_rows(ood, rl, n=n, **kwargs), hand_rows(ood, rl, n=n, **kwargs))
+def recovery_of(ood: dict[int, float], rl: dict, n: int = 500, chosen_b: dict | None = None,
+                **kwargs) -> pl.DataFrame:
+    return tables.rl_recovery_table(accuracy_rows(ood, rl, n=n, **kwargs), hand_rows(ood, rl, n=n, **kwargs),
+                                    chosen_b)
 
 
 def test_rl_healing_is_decided_only_where_sft_lost_something():
-    # B = step 100 (10%) above the base (2%); step 200 lost 7 points of it; RL from 200 gets 5.5 back.
-    recovery = recovery_of({0: 0.02, 100: 0.10, 200: 0.03}, RL_ARMS)
+    # B = step 100 (10%, chosen on the selection hands) above the base (2%); step 200 lost 7 points of it;
+    # RL from 200 gets 5.5 back.
+    recovery = recovery_of({0: 0.02, 100: 0.10, 200: 0.03}, RL_ARMS, chosen_b={None: 100})
     row = recovery.filter(pl.col("algo") == "grpo", pl.col("sft_step") == 200, pl.col("rule") == "ood").row(0, named=True)
     assert row["acc_after"] == pytest.approx(0.085) and row["n_seeds"] == 2 and row["ref"] == "sft-100"
     assert row["drop"] == pytest.approx(0.07) and row["drop_beyond_noise"]
@@ -136,6 +145,9 @@ def test_rl_healing_is_decided_only_where_sft_lost_something():
     assert [r["reproduced"] for r in findings.rl_healing(zero)] == ["undefined", "undefined"]
     window = figures.recovery_window(recovery)
     assert window.height == 1 and window["start"][0] == 150.0 and window["end"][0] == 200.0
+    # Without a B chosen on other hands the reference is the base alone (2%): nothing lost at step 200.
+    alone = recovery_of({0: 0.02, 100: 0.10, 200: 0.03}, RL_ARMS).filter(pl.col("rule") == "ood")
+    assert set(alone["ref"]) == {"sft-0"} and not alone["drop_beyond_noise"].any()
 
 
 def test_the_intervals_count_the_spread_between_rl_seeds():
@@ -160,7 +172,7 @@ def test_no_finding_reads_yes_where_its_interval_holds_zero_or_its_denominator_i
         ood = {0: rng.uniform(0, 0.2), 10: rng.uniform(0, 0.3), 20: rng.uniform(0, 0.2), 30: rng.uniform(0, 0.2)}
         means = {(algo, step): rng.uniform(0.02, 0.3) for algo in ("ppo", "sft_continue") for step in (10, 30)}
         arms = {(*arm, s): mean + rng.uniform(-0.02, 0.02) for arm, mean in means.items() for s in (1, 2)}
-        recovery = recovery_of(ood, arms, n=200, independent=True)
+        recovery = recovery_of(ood, arms, n=200, independent=True, chosen_b={None: 10})
         stats = {(r["algo"], r["sft_step"]): r for r in recovery.filter(pl.col("rule") == "ood").iter_rows(named=True)}
         for row in findings.rl_healing(recovery):
             decided[("heals" in row["claim"], row["reproduced"])] += 1
@@ -263,12 +275,11 @@ def test_the_best_ood_mark_is_left_out_where_the_curve_is_flat():
 def test_recovery_window_is_found_per_sft_seed():
     """Two SFT seeds starting RL from the same steps: each seed's RL is compared with its own control."""
     rows = []
-    for seed, (rl_after, control_after) in {0: (0.10, 0.02), 1: (0.02, 0.10)}.items():
-        for algo, acc in (("grpo", rl_after), ("sft_continue", control_after)):
-            rows.append({"sft_seed": seed, "algo": algo, "sft_step": 200, "rule": "ood", "acc_after_min": acc,
-                         "acc_after_max": acc})
-        rows += [{"sft_seed": seed, "algo": algo, "sft_step": 100, "rule": "ood", "acc_after_min": 0.05,
-                  "acc_after_max": 0.05} for algo in ("grpo", "sft_continue")]
+    for seed, low in {0: 0.03, 1: -0.12}.items():  # the low end of RL minus its control at step 200
+        rows.append({"sft_seed": seed, "algo": "grpo", "sft_step": 200, "rule": "ood", "vs_control_low": low})
+        rows.append({"sft_seed": seed, "algo": "grpo", "sft_step": 100, "rule": "ood", "vs_control_low": -0.01})
+        rows += [{"sft_seed": seed, "algo": "sft_continue", "sft_step": step, "rule": "ood", "vs_control_low": None}
+                 for step in (100, 200)]
     window = figures.recovery_window(pl.DataFrame(rows))
     assert window.rows() == [(150.0, 200.0)]  # seed 0 at step 200 only; seed 1's RL is below its control
 

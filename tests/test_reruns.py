@@ -33,7 +33,9 @@ def rules_reaching(study, package, module: str) -> set[str]:
     for smk in (study.path / "rules").glob("*.smk"):
         text = smk.read_text()
         scripts.update(re.findall(r"rule (\w+):.*?script:\s*\"\.\./scripts/(\w+\.py)\"", text, re.S))
-    defined = set(study.run("--list-rules").stdout.split())  # figure rules are made in a loop
+    # The rules with jobs in this study (figure rules are made in a loop; a smoke study that names its RL
+    # steps has no selection evaluation)
+    defined = set(study.dry_run_jobs("--forceall"))
     scripts.update({rule: "figure.py" for rule in defined if rule.startswith("figure_")})
 
     return {rule for rule, script in scripts.items()

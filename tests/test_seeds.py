@@ -60,8 +60,10 @@ def test_every_stage_runs_for_every_seed(seeded_study):
     assert (edit["base"], edit["target"]) == (f"seed1-sft-{points['B']}", f"seed1-sft-{points['T']}")
     findings = pl.read_parquet(out / "tables" / "findings.parquet")
     assert {c for c in findings["claim"] if re.search(r"\(SFT seed \d\)", c) and c.startswith("OOD accuracy")} == {
-        "OOD accuracy peaks early in SFT, then declines while ID rises (SFT seed 0)",
-        "OOD accuracy peaks early in SFT, then declines while ID rises (SFT seed 1)"}
+        "OOD accuracy declines from its best SFT checkpoint while ID rises (SFT seed 0)",
+        "OOD accuracy declines from its best SFT checkpoint while ID rises (SFT seed 1)"}
+    raised = findings.filter(pl.col("claim").str.starts_with("SFT first raises OOD accuracy above the base"))
+    assert raised.height == 2
     curve = pl.read_parquet(out / "tables" / "sft_curve.parquet")
     assert curve.group_by("sft_seed").len().sort("sft_seed")["len"].to_list() == [4, 4]
     assert curve["train_loss"].null_count() < curve.height  # each seed's losses joined to its own steps
@@ -81,5 +83,6 @@ def test_changing_a_seed_reruns_only_that_seeds_jobs(seeded_study):
         if rule in GATHERING:
             continue
         assert "seed2-" in body and "seed0-" not in body and "seed1-" not in body, (rule, body)
-    assert {rule for rule, _ in jobs} >= {"sft", "evaluate", "choose_points"}
+    # Before its points are chosen: SFT, its checkpoints on the selection hands, the choice.
+    assert {rule for rule, _ in jobs} >= {"sft", "evaluate_select", "choose_points"}
     assert not {"data_split", "pretrain_corpus", "base_tiny"} & {rule for rule, _ in jobs}

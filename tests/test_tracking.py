@@ -20,7 +20,7 @@ def test_progress_lines_tracking_and_commits_rerun_nothing_and_change_no_result(
     logs = root / "logs"
     for log, line in [("base.log", "pretrain: step 10/10"), ("sft.log", "sft: step 6/6"),
                       ("rl/grpo-6.log", "rl grpo-6: update 2/2"), ("rl/ppo-6.log", "rl ppo-6: update 2/2"),
-                      ("rl/sft_continue-6.log", "rl sft_continue-6: step 2/2"),
+                      ("rl/sft_continue-6.log", "rl sft_continue-6: step 4/4"),  # 2 updates of 2 optimizer steps
                       ("eval/sft-2.log", "evaluate sft-2: episode 48/48")]:
         text = (logs / log).read_text()
         assert re.search(re.escape(line) + LAST, text), (log, text[-2000:])

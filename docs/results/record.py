@@ -100,10 +100,12 @@ def record(name: str, results: Path, configs: list[str]) -> str:
     parts += ["## SFT: accuracy at each checkpoint", "", markdown(sft_curve(tables)), ""]
     recovery = pl.read_parquet(tables / "rl_recovery.parquet").filter(pl.col("rule") == "ood")
     if recovery.height:
-        interval = lambda name: pl.format("{} [{}, {}]", *((100 * pl.col(c)).round(1)  # noqa: E731
-                                                          for c in (name, f"{name}_low", f"{name}_high")))
-        share = pl.format("{} [{}, {}]", *(pl.col(c).round(2) for c in ("recovered_share", "recovered_share_low",
-                                                                         "recovered_share_high")))
+        def interval(name: str, scale: float = 100, digits: int = 1) -> pl.Expr:
+            """A statistic with its 95% interval as text; "undefined" where the table has none."""
+            parts = [(scale * pl.col(c).cast(pl.Float64)).round(digits) for c in (name, f"{name}_low", f"{name}_high")]
+            return pl.when(pl.col(name).is_null()).then(pl.lit("undefined")).otherwise(pl.format("{} [{}, {}]", *parts))
+
+        share = interval("recovered_share", 1, 2)
         parts += ["## RL and the continued-SFT control: OOD accuracy after, mean over seeds", "",
                   "Intervals are 95%, paired on the test hands, with the spread between seeds (docs/study.md, "
                   "\"Intervals\"); the recovered share is given only where SFT lost OOD accuracy beyond noise by "

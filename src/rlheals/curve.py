@@ -41,10 +41,11 @@ def peak(ood: Sequence[Mapping]) -> Mapping:
     return max(trained, key=lambda r: (r["accuracy"], -r["sft_step"]))
 
 
-def forgetting(id_rows: Sequence[Mapping], ood_rows: Sequence[Mapping]) -> Forgetting:
-    """The criterion's figures for one SFT run. Rows: sft_step, accuracy, accuracy_low, accuracy_high."""
+def forgetting(id_rows: Sequence[Mapping], ood_rows: Sequence[Mapping], best_step: int | None = None) -> Forgetting:
+    """The criterion's figures for one SFT run. Rows: sft_step, accuracy, accuracy_low, accuracy_high. The
+    best checkpoint is `best_step` (B as chosen on other hands) when given, else `peak` of these rows."""
     id_by_step = {r["sft_step"]: r for r in id_rows}
-    top = peak(ood_rows)
+    top = next((r for r in ood_rows if r["sft_step"] == best_step), None) or peak(ood_rows)
     last = max(ood_rows, key=lambda r: r["sft_step"])
     if 0 not in id_by_step or last["sft_step"] not in id_by_step:
         raise ValueError("the ID curve needs the base model (step 0) and the last checkpoint")

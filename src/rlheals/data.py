@@ -12,8 +12,13 @@ from pathlib import Path
 from rlheals import cards, runlog
 
 TEST_SPLITS = ("id_test", "ood_test")
+# Hands that choose (B, T, the RL starting points, tuned settings) and never measure: each selection split
+# mirrors a test split's rule and reservation, on value multisets apart from the test split's and from
+# training, so that a choice is not measured on the hands it was made on.
+SELECT_SPLITS = ("id_select", "ood_select")
+MIRRORS = {"id_select": "id_test", "ood_select": "ood_test"}
 TRAIN_SPLITS = ("sft_train", "rl_train")
-SPLITS = TRAIN_SPLITS + TEST_SPLITS
+SPLITS = TRAIN_SPLITS + TEST_SPLITS + SELECT_SPLITS
 MAX_DRAWS_PER_HAND = 10_000
 
 
@@ -30,22 +35,31 @@ def solvable_multisets(rule: cards.Rule, target: int) -> list[tuple[int, ...]]:
 def holdout_share(data: Mapping, split: str) -> float:
     """The share of a test split's solvable value multisets reserved for it: `data.holdout_share` is one
     number for both test splits or a mapping by split. 0 reserves nothing: the split is dealt from its
-    rule's whole distribution, as the papers deal their ID test hands."""
+    rule's whole distribution, as the papers deal their ID test hands. A selection split takes its test
+    split's share."""
     share = data["holdout_share"]
+    split = MIRRORS.get(split, split)
     return share[split] if isinstance(share, Mapping) else share
 
 
 def heldout_multisets(game: Mapping, data: Mapping) -> dict[str, frozenset]:
-    """For each test split with a share above 0, the solvable value multisets reserved for it."""
+    """For each test split with a share above 0, the solvable value multisets reserved for it; for each
+    selection split configured beside it, as many again from the rest of its rule's pool."""
     rules = rules_from_config(game)
     out = {}
-    for split in TEST_SPLITS:
+    for split in (*TEST_SPLITS, *(s for s in SELECT_SPLITS if s in data["splits"])):
         share = holdout_share(data, split)
         if share <= 0:
             continue
         pool = solvable_multisets(rules[data["splits"][split]["rule"]], game["target"])
+        size = max(1, round(len(pool) * share))
+        taken = frozenset().union(*out.values())
+        pool = [m for m in pool if m not in taken]
+        if len(pool) < size:
+            raise ValueError(f"data.holdout_share: {split} needs {size} value multisets of its rule apart from "
+                             f"the test split's, and {len(pool)} are left; lower the share")
         random.Random(f"{data['holdout_seed']}:{split}").shuffle(pool)
-        out[split] = frozenset(pool[: max(1, round(len(pool) * share))])
+        out[split] = frozenset(pool[:size])
     return out
 
 
@@ -60,6 +74,9 @@ def make_split(split: str, game: Mapping, data: Mapping) -> list[dict]:
         keep = heldout[split].__contains__
     elif split in TEST_SPLITS:
         keep = lambda key: cards.can_reach(key, target)  # noqa: E731
+    elif split in SELECT_SPLITS:  # no reservation: any hand but the value multisets of its test split's
+        tested = {cards.value_key(r["values"]) for r in make_split(MIRRORS[split], game, data)}
+        keep = lambda key: key not in tested and cards.can_reach(key, target)  # noqa: E731
     else:
         banned = frozenset().union(*heldout.values())
         keep = lambda key: key not in banned and cards.can_reach(key, target)  # noqa: E731
@@ -124,9 +141,12 @@ def manifest(paths: Mapping[str, str | Path], game: Mapping, data: Mapping) -> d
             "sha256": sha256(path),
         }
     train = set().union(*(keys[s] for s in TRAIN_SPLITS if s in keys))
-    in_training = {s: len(keys[s] & train) for s in TEST_SPLITS if s in keys}
-    return {"splits": splits, "test_multisets_in_training": in_training,
-            "leaks": leaks(in_training, game, data), "config": {"game": game, "data": data}}
+    in_training = {s: len(keys[s] & train) for s in (*TEST_SPLITS, *SELECT_SPLITS) if s in keys}
+    in_test = {s: len(keys[s] & keys[MIRRORS[s]]) for s in SELECT_SPLITS if s in keys and MIRRORS[s] in keys}
+    found = leaks(in_training, game, data) + [f"{n} value multisets of {s} appear in {MIRRORS[s]}"
+                                              for s, n in in_test.items() if n]
+    return {"splits": splits, "test_multisets_in_training": in_training, "select_multisets_in_test": in_test,
+            "leaks": found, "config": {"game": game, "data": data}}
 
 
 def leaks(in_training: Mapping[str, int], game: Mapping, data: Mapping) -> list[str]:

@@ -74,15 +74,19 @@ def _seed_label(seed: int | None) -> str:
     return "" if seed is None else f" (SFT seed {seed})"
 
 
-def sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, hands: pl.DataFrame) -> list[dict]:
+def sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, hands: pl.DataFrame,
+                   chosen_b: Mapping[int | None, int] | None = None) -> list[dict]:
     """Finding 1, for every SFT seed, as two claims decided apart: OOD accuracy declines from its best
     checkpoint while ID keeps rising (the criterion of rlheals.curve); SFT first raises OOD above the base
-    (the best checkpoint minus step 0, paired on the test hands). And the loss does not find the best."""
+    (the best checkpoint minus step 0, paired on the test hands). And the loss does not find the best.
+    The best checkpoint is B as chosen on the selection hands (`chosen_b`, by SFT seed), else the best on
+    the test hands, which the rows then say."""
     return [row for seed in _seeds(accuracy)
-            for row in _sft_forgetting(_of_seed(accuracy, seed), _of_seed(losses, seed), hands, _seed_label(seed))]
+            for row in _sft_forgetting(_of_seed(accuracy, seed), _of_seed(losses, seed), hands, _seed_label(seed),
+                                       (chosen_b or {}).get(seed))]
 
 
-def _rises_above_base(ood: pl.DataFrame, peak: Mapping, hands: pl.DataFrame, label: str) -> dict:
+def _rises_above_base(ood: pl.DataFrame, peak: Mapping, hands: pl.DataFrame, label: str, selected: bool) -> dict:
     base = ood.row(0, named=True)
     claim = "SFT first raises OOD accuracy above the base" + label
     statistic = "OOD at the best checkpoint minus at step 0 (points)"
@@ -95,17 +99,20 @@ def _rises_above_base(ood: pl.DataFrame, peak: Mapping, hands: pl.DataFrame, lab
                     "undefined: the best checkpoint and the base solve the same hands")
     return _row("1", claim, statistic, 100 * gain.value, gain.text(), paper, side(gain.low, gain.high),
                 f"step {peak['sft_step']} {_pct(peak['accuracy'])}, base {_pct(base['accuracy'])}; criterion: "
-                "the interval above 0 (yes), below 0 (no), holding 0 (undefined); the best checkpoint is "
-                "chosen on the same hands, which favours it")
+                "the interval above 0 (yes), below 0 (no), holding 0 (undefined); " +
+                ("B chosen on the selection hands" if selected else
+                 "the best checkpoint is chosen on the same hands, which favours it"))
 
 
-def _sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, hands: pl.DataFrame, label: str) -> list[dict]:
+def _sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, hands: pl.DataFrame, label: str,
+                    chosen_b: int | None = None) -> list[dict]:
     """Finding 1 on one SFT run. Undefined where the curve is flat: no checkpoint lies
     outside the best one's 95% interval, so there is no best checkpoint."""
     ood, id_ = _sft(accuracy, "ood"), _sft(accuracy, "id")
-    peak = curve.peak(ood.to_dicts())
+    chosen = ood.filter(pl.col("sft_step") == chosen_b)
+    peak = chosen.row(0, named=True) if chosen.height else curve.peak(ood.to_dicts())
     last = ood.row(-1, named=True)
-    test = curve.forgetting(id_.to_dicts(), ood.to_dicts())
+    test = curve.forgetting(id_.to_dicts(), ood.to_dicts(), peak["sft_step"])
     flat = not (ood["accuracy_high"] < peak["accuracy_low"]).any()
     interval = lambda r: f"{_pct(r['accuracy'])} [{_pct(r['accuracy_low'])}, {_pct(r['accuracy_high'])}]"  # noqa: E731
     undefined = "undefined: OOD accuracy is flat (every checkpoint within the best one's 95% interval)"
@@ -119,7 +126,7 @@ def _sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, hands: pl.Data
                  f"best {interval(peak)}, last {interval(last)} (95% Wilson)",
                  "Llama: peak 17.5% at step 140 -> 6.9% at 1100 (10.6 points)",
                  UNDEFINED if flat else verdict(test.shown), undefined if flat else parts),
-            _rises_above_base(ood, peak, hands, label)]
+            _rises_above_base(ood, peak, hands, label, selected=bool(chosen.height))]
     if "ood_loss" in losses.columns and losses["ood_loss"].drop_nulls().len():
         best_loss = int(losses.drop_nulls("ood_loss").sort("ood_loss")["step"][0])
         best_train = int(losses.drop_nulls("train_loss").sort("train_loss")["step"][0])

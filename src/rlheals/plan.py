@@ -22,6 +22,8 @@ from rlheals import curve
 
 ASSUME = "RLHEALS_PLAN_ASSUME_B"  # "auto", or the saved SFT step to assume as B
 NOTE = "rlheals plan:"  # how the workflow's notes about assumed points begin
+# What snakemake's dry run says when a checkpoint job is among the jobs it plans
+CHECKPOINT_PENDING = "The run involves checkpoint jobs"
 
 
 def default_peak(steps: Sequence[int]) -> int:
@@ -68,13 +70,6 @@ def assumed_note(seed: int | None, points: Mapping[str, int | None], given: bool
             f"as the run will choose); RL starting points: {_starts(points)}")
 
 
-def rerun_note(seed: int | None, points: Mapping[str, int | None], path: str) -> str:
-    """The plan's line for an SFT run whose points file is there but whose choose_points job reruns."""
-    run = "" if seed is None else f"SFT seed {seed}: "
-    return (f"{NOTE} {run}B = {points['B']}, T = {points['T']} ASSUMED from {path}, which choose_points "
-            f"writes again before the run reads it (the job reruns); RL starting points: {_starts(points)}")
-
-
 def chosen_note(seed: int | None, points: Mapping[str, int | None], path: str) -> str:
     """The plan's line for an SFT run whose points are chosen already."""
     run = "" if seed is None else f"SFT seed {seed}: "
@@ -105,16 +100,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {**os.environ, ASSUME: "auto" if ours.assume_b is None else str(ours.assume_b)}
     cmd = [str(snakemake), "-n", *args]
     print("+", " ".join(cmd), f"  ({ASSUME}={env[ASSUME]})", flush=True)
-    notes = []
+    notes, pending = [], False
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         for line in proc.stdout:
             sys.stdout.write(line)
             if line.startswith(NOTE):
                 notes.append(line.rstrip("\n"))
+            pending = pending or CHECKPOINT_PENDING in line
     if proc.returncode != 0:
         return proc.returncode
     print()
-    if not notes:
+    if not notes and pending:
+        # A points file is there, but its choose_points job runs again (its code, params or inputs changed).
+        print(f"{NOTE} choose_points runs again before the jobs that use its points: they are planned once "
+              "it has, and are not in this plan. Remove its points file to plan them with assumed points.")
+    elif not notes:
         print(f"{NOTE} the config names no point read off the SFT curve: this dry run is the whole plan.")
     elif any("ASSUMED" in n for n in notes):
         print(f"{NOTE} the jobs after choose_points above were planned with assumed points:")

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from rlheals import curve, model_ids, statistics
+from rlheals import model_ids, statistics
 from rlheals.episodes import summarize
 
 
@@ -94,13 +94,15 @@ def results_matrix(hands: pl.DataFrame, models: Sequence[str], rule: str) -> np.
     return np.stack([wide[m].to_numpy().astype(np.float64) for m in models])
 
 
-def rl_recovery_table(accuracy: pl.DataFrame, hands: pl.DataFrame) -> pl.DataFrame:
+def rl_recovery_table(accuracy: pl.DataFrame, hands: pl.DataFrame,
+                      chosen_b: Mapping[int | None, int] | None = None) -> pl.DataFrame:
     """Per SFT seed, algo (the control included), starting step and rule: the start's accuracy (before),
     the final RL models' mean over seeds (after) with its interval, and, each with its interval
     (rlheals.statistics: paired on the test hands, seed spread counted, t quantile):
     - heal: after - before, what RL changed from its start;
-    - drop: ref - before, what SFT lost by the start, ref the better of the base and the best-OOD
-      checkpoint B on this rule (curve.peak);
+    - drop: ref - before, what SFT lost by the start, ref the better (on the test hands) of the base and
+      the best-OOD checkpoint B as chosen on the selection hands (`chosen_b`, by SFT seed; without it, the
+      base alone: B picked on the test hands would favour a large drop);
     - recovered_share R = heal / drop, only where the drop lies beyond its interval, and only on OOD;
     - vs_control: after - the control's after from the same start (null for the control itself)."""
     final = accuracy.filter(pl.col("stage") == "rl", pl.col("rl_update").is_null())
@@ -113,7 +115,8 @@ def rl_recovery_table(accuracy: pl.DataFrame, hands: pl.DataFrame) -> pl.DataFra
         seed, rule = g["sft_seed"], g["rule"]
         start = model_ids.sft(g["sft_step"], seed)
         curve_rows = sft.filter(pl.col("sft_seed").eq_missing(seed), pl.col("rule") == rule).sort("sft_step")
-        best = curve.peak(curve_rows.to_dicts()) if rule == "ood" else None
+        b_step = (chosen_b or {}).get(seed) if rule == "ood" else None
+        best = next(curve_rows.filter(pl.col("sft_step") == b_step).iter_rows(named=True), None)
         start_rows = curve_rows.filter(pl.col("sft_step") == 0)  # the base model's weights, step 0 of SFT
         if not start_rows.height:
             start_rows = accuracy.filter(pl.col("stage") == "base", pl.col("rule") == rule)
@@ -142,8 +145,10 @@ def rl_recovery_table(accuracy: pl.DataFrame, hands: pl.DataFrame) -> pl.DataFra
                      "drop_beyond_noise": defined, **_interval("recovered_share", share),
                      "control_seeds": len(arms["control"]) or None,
                      "acc_control": float(arms["control"].mean()) if vs is not None else None, **_interval("vs_control", vs)})
-    return pl.DataFrame(rows, schema_overrides={"sft_seed": pl.Int64}).sort(
-        "rule", "sft_seed", "sft_step", "algo", nulls_last=False)
+    floats = {c: pl.Float64 for name in ("heal", "drop", "recovered_share", "vs_control")
+              for c in _interval(name, None)}
+    schema = {"sft_seed": pl.Int64, "control_seeds": pl.Int64, "acc_control": pl.Float64, **floats}
+    return pl.DataFrame(rows, schema_overrides=schema).sort("rule", "sft_seed", "sft_step", "algo", nulls_last=False)
 
 
 def _interval(name: str, est: statistics.Estimate | None) -> dict:

@@ -14,12 +14,15 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from rlheals import curve, model_ids, settings
+from rlheals import curve, data, model_ids, settings
 
 PACKAGE = "rlheals"
 PACKAGE_DIR = Path(__file__).resolve().parent
-SPLITS = ["sft_train", "rl_train", "id_test", "ood_test"]
-TEST_SPLITS = ["id_test", "ood_test"]
+SPLITS = list(data.SPLITS)
+TEST_SPLITS = list(data.TEST_SPLITS)
+SELECT_SPLITS = list(data.SELECT_SPLITS)
+HELD_SPLITS = TEST_SPLITS + SELECT_SPLITS  # the hands training never sees
+MIRRORS = dict(data.MIRRORS)
 DEEPSPEED_DIR = "config/deepspeed"
 
 
@@ -217,9 +220,13 @@ class Study:
 
     def data_slice(self, split: str) -> dict:
         """What one split's hands depend on: the game, the hold-out settings, its own spec and the rules of
-        the test splits (their held-out multisets are banned from training)."""
+        the test and selection splits (their held-out multisets are banned from training); a selection
+        split also the test split it keeps apart from."""
         data = self.config["data"]
-        splits = {t: {"rule": data["splits"][t]["rule"]} for t in TEST_SPLITS}
+        splits = {t: {"rule": data["splits"][t]["rule"]} for t in HELD_SPLITS}
+        if split in SELECT_SPLITS:
+            mirror = MIRRORS[split]
+            splits[mirror] = data["splits"][mirror]
         splits[split] = data["splits"][split]
         return {"game": self.config["game"],
                 "data": {"holdout_seed": data["holdout_seed"], "holdout_share": data["holdout_share"], "splits": splits}}
@@ -229,7 +236,7 @@ class Study:
         return {"target": self.config["game"]["target"], "format": self.config["prompt"]["format"],
                 "game": self.config["game"],
                 "data": {"holdout_seed": data["holdout_seed"], "holdout_share": data["holdout_share"],
-                         "splits": {s: {"rule": data["splits"][s]["rule"]} for s in TEST_SPLITS}},
+                         "splits": {s: {"rule": data["splits"][s]["rule"]} for s in HELD_SPLITS}},
                 "pretrain": {k: p[k] for k in ("corpus_size", "mix", "target_puzzle_sizes", "test_multisets_as_numbers", "seed")}}
 
     def base_slice(self) -> dict:
