@@ -107,13 +107,16 @@ def test_workflow_data_rule(finished_study, smoke_sft_from_scratch):
     first = {s: (out / f"{s}.jsonl").read_bytes() for s in SPLITS}
     manifest = json.loads((out / "manifest.json").read_text())
     assert {s: v["count"] for s, v in manifest["splits"].items()} == {
-        "sft_train": 200, "rl_train": 50, "id_test": 24, "ood_test": 24
+        "sft_train": 200, "rl_train": 50, "id_test": 24, "ood_test": 24, "id_select": 12, "ood_select": 12
     }
     # The ID test is dealt from the training distribution (as the papers deal it): it shares multisets with
     # training, counted but not a leak; the OOD test shares none.
     rows = {s: data.read_jsonl(out / f"{s}.jsonl") for s in SPLITS}
     train = set().union(*(keys(rows[s]) for s in TRAIN_SPLITS))
-    assert manifest["test_multisets_in_training"] == {"id_test": len(train & keys(rows["id_test"])), "ood_test": 0}
+    assert manifest["test_multisets_in_training"] == {"id_test": len(train & keys(rows["id_test"])), "ood_test": 0,
+                                                      "id_select": len(train & keys(rows["id_select"])),
+                                                      "ood_select": 0}
+    assert manifest["select_multisets_in_test"] == {"id_select": 0, "ood_select": 0}
     assert manifest["test_multisets_in_training"]["id_test"] > 0 and manifest["leaks"] == []
     assert manifest["splits"]["id_test"]["sha256"] == data.sha256(out / "id_test.jsonl")
     assert not train & keys(rows["ood_test"])
@@ -147,6 +150,7 @@ def test_a_data_setting_change_reruns_only_what_depends_on_it(finished_study):
         "data:\n  splits:\n"
         "    ood_test: {seed: 4, size: 24, rule: ood}\n    id_test: {size: 24, rule: id, seed: 3}\n"
         "    rl_train: {seed: 2, rule: id, size: 50}\n    sft_train: {size: 200, seed: 1, rule: id}\n"
+        "    ood_select: {seed: 6, size: 12, rule: ood}\n    id_select: {size: 12, rule: id, seed: 5}\n"
     )
     reordered = workflow.write_config("reordered.yaml", smoke.replace(data_block, reordered_block))
     assert workflow.dry_run_jobs(configfile=reordered) == {}
