@@ -235,9 +235,8 @@ def _control_row(r: Mapping, where: str, p_holm: float | None, context: str) -> 
 
 
 def _interval(r: Mapping, name: str, scale: float, digits: int) -> str:
-    f = f"{{:.{digits}f}}"
-    return (f"{f.format(scale * r[name])} [{f.format(scale * r[name + '_low'])}, "
-            f"{f.format(scale * r[name + '_high'])}] (95%, t on {r[name + '_df']:.0f} df)")
+    """A statistic of a table row (its value, _low, _high and _df columns) with its interval, as text."""
+    return statistics.interval_text(r[name], r[f"{name}_low"], r[f"{name}_high"], r[f"{name}_df"], scale, digits)
 
 
 def _points(r: Mapping, name: str) -> str:

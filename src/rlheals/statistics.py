@@ -56,9 +56,15 @@ class Estimate:
         return self.low > x or self.high < x
 
     def text(self, scale: float = 100.0, digits: int = 1) -> str:
-        f = f"{{:.{digits}f}}"
-        return (f"{f.format(scale * self.value)} [{f.format(scale * self.low)}, {f.format(scale * self.high)}] "
-                f"({100 * self.level:.0f}%, t on {self.df:.0f} df)")
+        return interval_text(self.value, self.low, self.high, self.df, scale, digits, self.level)
+
+
+def interval_text(value: float, low: float, high: float, df: float, scale: float = 100.0, digits: int = 1,
+                  level: float = LEVEL) -> str:
+    """'value [low, high] (95%, t on df df)', each scaled (100: points) and rounded to `digits`."""
+    f = f"{{:.{digits}f}}"
+    return (f"{f.format(scale * value)} [{f.format(scale * low)}, {f.format(scale * high)}] "
+            f"({100 * level:.0f}%, t on {df:.0f} df)")
 
 
 def _as_matrix(results) -> np.ndarray:
