@@ -98,7 +98,7 @@ def run(run_dir: Path, arm: str, seed: int) -> float:
     targets = [f"results/eval/sft-{s}.parquet" for s in cfg["sft"]["save_steps"]]
     start = time.time()
     with open(where / "grid.log", "a") as log:
-        subprocess.run(["snakemake", *targets, "--cores", "2", "--configfile", "config/grid.yaml"],
+        subprocess.run([sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--configfile", "config/grid.yaml"],
                        cwd=where, stdout=log, stderr=subprocess.STDOUT, check=True)
     return time.time() - start
 
