@@ -65,9 +65,13 @@ def estimate(configfile: Path, counts: dict | None = None) -> dict:
     est = costs.estimate(cfg, {rule: resources.gpus(rule) for rule in resources.GPU_RULES})
     runs = counts.get("rl", 0)
     per_algo = runs // (len(cfg["rl"]["algos"]) + bool(cfg["rl"]["control"])) if runs else 0
+    # The selection hands and the numbers-only probe are evaluation jobs too, each playing at most as many
+    # hands as an `evaluate` job: counted as one each (a bound).
+    evaluations = sum(counts.get(rule, 0) for rule in ("evaluate", "evaluate_select", "evaluate_numbers"))
     for rows in est["rows"].values():
         for row in rows:
-            row["jobs"] = per_algo if row["rule"] == "rl" else counts.get(row["rule"], 0)
+            row["jobs"] = per_algo if row["rule"] == "rl" else evaluations if row["rule"] == "evaluate" else \
+                counts.get(row["rule"], 0)
     return {**est, "counts": counts}
 
 

@@ -11,6 +11,7 @@ rule evaluate:
     params:
         code=code_of("evaluate.py"),
         cfg=canonical(study.eval_slice()),
+        numbers_probe=False,
     # Two tiny-model evaluations side by side finish sooner than one after the other with two threads
     # (benchmarks/eval_threads.py); the answers are the same either way.
     threads: job_threads(4)
@@ -37,6 +38,32 @@ rule evaluate_select:
     params:
         code=code_of("evaluate.py"),
         cfg=canonical(study.eval_slice()),
+        numbers_probe=False,
+    threads: job_threads(4)
+    resources:
+        **sized("evaluate"),
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+# The numbers-only probe: each value multiset of the OOD test hands asked as a bare numeric puzzle, for the
+# SFT checkpoints and the RL models. Beside the OOD test it tells losing the rule from losing the arithmetic.
+rule evaluate_numbers:
+    input:
+        model="results/models/{model_id}",
+        tests=["results/data/ood_test.jsonl"],
+    output:
+        "results/eval_numbers/{model_id}.parquet",
+    log:
+        "logs/eval_numbers/{model_id}.log",
+    benchmark:
+        "benchmarks/results/eval_numbers/{model_id}.tsv"
+    params:
+        code=code_of("evaluate.py"),
+        cfg=canonical(study.eval_slice()),
+        numbers_probe=True,
     threads: job_threads(4)
     resources:
         **sized("evaluate"),
@@ -48,7 +75,8 @@ rule evaluate_select:
 
 rule accuracy_table:
     input:
-        lambda w: expand("results/eval/{model_id}.parquet", model_id=chosen().eval_models),
+        tests=lambda w: expand("results/eval/{model_id}.parquet", model_id=chosen().eval_models),
+        numbers=lambda w: expand("results/eval_numbers/{model_id}.parquet", model_id=chosen().study_models),
     output:
         parquet="results/tables/accuracy.parquet",
         csv="results/tables/accuracy.csv",

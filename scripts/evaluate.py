@@ -1,5 +1,5 @@
 """Evaluate one model (results/models/{model_id}) on the episodes of its input splits (the ID and OOD test
-splits, or a selection split): one row per episode."""
+splits, or a selection split), or on the numbers-only probe of the OOD test hands: one row per episode."""
 
 import json
 import time
@@ -29,14 +29,17 @@ verifier = Verifier(cfg["game"]["target"], fmt, cfg["verify"]["strict_format"], 
 decoding = evaluate.Decoding(do_sample=settings["do_sample"], temperature=settings["temperature"],
                              top_p=settings["top_p"], seed=settings["seed"], max_new_tokens=settings["max_new_tokens"])
 protocol = evaluate.Protocol(verifier, settings["verify_turns"], decoding, settings["batch_size"])
-meter = runlog.Progress(f"evaluate {model_id}", len(rows), log.info, unit="episode")
+
+# The numbers-only probe asks each value multiset of the hands as a bare numeric puzzle (episodes.NUMBERS).
+played = episodes.numbers_probe(rows, fmt) if snakemake.params.numbers_probe else episodes.from_rows(rows, rules, fmt)
+meter = runlog.Progress(f"evaluate {model_id}", len(played), log.info, unit="episode")
 
 
 def progress(done: int, total: int) -> None:
-    meter.update(done, total, note="" if total == len(rows) else f"a worker's share of {len(rows)}")
+    meter.update(done, total, note="" if total == len(played) else f"a worker's share of {len(played)}")
 
 
-results = evaluate.run_episodes(model, tokenizer, episodes.from_rows(rows, rules, fmt), protocol, log=log.info,
+results = evaluate.run_episodes(model, tokenizer, played, protocol, log=log.info,
                                 workers=snakemake.threads, progress=progress)
 table = pl.DataFrame(results).with_columns(pl.lit(model_id).alias("model_id"))
 runlog.write_atomic(snakemake.output[0], table.write_parquet)

@@ -10,14 +10,15 @@ from rlheals import plan, report
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-ONE_THREAD = ("evaluate=1", "evaluate_select=1", "svd=1", "spectrum=1", "restore=1")
+ONE_THREAD = ("evaluate=1", "evaluate_select=1", "evaluate_numbers=1", "svd=1", "spectrum=1", "restore=1")
 WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "config", "envs", "slurm", "requirements.txt", "requirements-analysis.txt")
 
 # The smoke study's figures, and what an SFT change reruns downstream on the smoke config: 3 RL runs from
-# sft-6 (grpo, ppo, control); the evaluation of 4 SFT checkpoints, 6 RL models and 3 edits; the SVD of
-# every compared model but the base; all 8 spectrum pairs; the 3 edits; every table and figure.
+# sft-6 (grpo, ppo, control); the evaluation of 4 SFT checkpoints, 6 RL models and 3 edits, and the
+# numbers-only probe of the first 10; the SVD of every compared model but the base; all 8 spectrum pairs;
+# the 3 edits; every table and figure.
 FIGURES = tuple(figure.name for figure in report.FIGURES)
-AFTER_SFT = {"rl": 3, "evaluate": 4 + 6 + 3, "svd": 6, "spectrum": 8, "restore": 3, "rl_log_table": 1,
+AFTER_SFT = {"rl": 3, "evaluate": 4 + 6 + 3, "evaluate_numbers": 4 + 6, "svd": 6, "spectrum": 8, "restore": 3, "rl_log_table": 1,
              "spectrum_table": 1, "accuracy_table": 1, "restoration_table": 1, "report_tables": 1,
              "checkpoints_table": 1, **{f"figure_{name}": 1 for name in FIGURES}, "all": 1}
 

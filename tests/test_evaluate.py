@@ -204,6 +204,35 @@ def test_prefill_plan_splits_only_where_it_saves_more_than_a_forward():
     assert padded(plan) + 96 * (len(plan) - 1) <= min(padded(p) + 96 * (len(p) - 1) for p in ([48, 0], [48, 20, 0], [48, 20, 3, 0]))
 
 
+def solve_numbers(text: str) -> str:
+    """A player who knows the arithmetic and no card rule: solves bare numeric puzzles, fails card ones."""
+    if "numbers" not in text:
+        return "1 + 1 = 2 ;"
+    words = text[text.rindex("numbers"):].split()
+    values = [int(w) for w in words[1 : words.index("target")]]
+    return cards.steps_answer(values, cards.solve(values, 24)[0])
+
+
+def test_the_numbers_probe_asks_each_multiset_once_and_lays_its_results_on_the_hands(setting):
+    tokenizer, hands = setting
+    rows = [{"id": h.id, "values": list(h.values), "target": 24} for h in hands if h.rule == "ood"]
+    rows.append({**rows[0], "id": "ood_test-again", "values": rows[0]["values"][::-1]})  # the same multiset
+    probe = episodes.numbers_probe(rows, "compact")
+    assert len(probe) == len({cards.value_key(r["values"]) for r in rows}) < len(rows)
+    assert probe[0].prompt == f"numbers {' '.join(map(str, rows[0]['values']))} target 24 =>" and probe[0].cards == ()
+    assert episodes.numbers_probe(rows, "paper")[0].prompt.count(str(rows[0]["values"])) == 1
+    model = ScriptedModel(tokenizer, solve_numbers)
+    protocol = evaluate.Protocol(Verifier(), 2, evaluate.Decoding(), 5)
+    played = evaluate.run_episodes(model, tokenizer, probe, protocol)
+    assert all(r["correct"] and r["rule"] == episodes.NUMBERS for r in played)
+    ood = evaluate.run_episodes(model, tokenizer, [h for h in hands if h.rule == "ood"], protocol)
+    assert not any(r["correct"] for r in ood)  # the same player cannot read the cards
+    laid = episodes.numbers_by_hand(played, ood)
+    assert [r["episode"] for r in laid] == [r["episode"] for r in ood] and all(r["correct"] for r in laid)
+    with pytest.raises(ValueError, match="no result for hand"):
+        episodes.numbers_by_hand(played[1:], ood)
+
+
 def test_wilson_interval():
     low, high = episodes.wilson(50, 100)
     assert abs(low - 0.4038) < 1e-3 and abs(high - 0.5962) < 1e-3

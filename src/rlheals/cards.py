@@ -286,6 +286,28 @@ def restates_values(fmt: str) -> bool:
     return fmt != "steps"
 
 
+def numbers_prompt(fmt: str, values: Iterable[int], target: int) -> str:
+    """A hand's values as a bare numeric puzzle: no cards, no rule to read. For the tiny model, the form of
+    the pretraining corpus's numeric puzzles (`numbers 11 3 5 2 target 24 =>`); in the papers' format, the
+    papers' prompt with the numbers given as they are."""
+    numbers = [int(v) for v in values]
+    if fmt != "paper":
+        return f"numbers {' '.join(map(str, numbers))} target {target} =>"
+    return (
+        "[Task Description]\n"
+        f"You are an expert {target} points card game player. You are given these four numbers, and each "
+        f"number must be used once. Your goal is to output a formula that evaluates to {target} using the "
+        "numbers and operators such as '+', '-', '*', '/', '(', ')', and '='.\n\n"
+        "[Input]\n"
+        f"Numbers: {json.dumps(numbers)}\n\n"
+        "[Output]\n"
+        "{\n"
+        '  "number": [a, b, c, d], the four numbers,\n'
+        f'  "formula": \'an equation that equals {target}\',\n'
+        "}"
+    )
+
+
 def render_prompt(fmt: str, cards: list[str], rule: Rule, target: int) -> str:
     return {"compact": compact_prompt, "steps": compact_prompt, "paper": paper_prompt}[fmt](cards, rule, target)
 

@@ -32,6 +32,41 @@ def from_rows(rows: Sequence[Mapping], rules: Mapping[str, cards.Rule], fmt: str
     ]
 
 
+NUMBERS = "numbers"  # the numbers-only probe, scored beside the rules' tests as a rule of its own
+
+
+def numbers_probe(rows: Sequence[Mapping], fmt: str) -> list[Episode]:
+    """The numbers-only probe of the hands `rows`: one episode per distinct value multiset, in the order
+    the hands first give it, asking its values as a bare numeric puzzle (cards.numbers_prompt). A model
+    that solves the probe but not the hand knows the arithmetic and did not read the cards by the rule."""
+    probe = {}
+    for r in rows:
+        key = cards.value_key(r["values"])
+        if key not in probe:
+            probe[key] = Episode(numbers_id(key), NUMBERS, (), tuple(r["values"]),
+                                 cards.numbers_prompt(fmt, r["values"], r["target"]))
+    return list(probe.values())
+
+
+def numbers_id(key: Sequence[int]) -> str:
+    return "numbers-" + "-".join(map(str, key))
+
+
+def numbers_by_hand(probe: Sequence[Mapping], hands: Sequence[Mapping]) -> list[dict]:
+    """The probe's results laid out on the hands it was made from: one row per hand, the result of the
+    hand's value multiset under the hand's episode id, so that the probe pairs with the hands' own test
+    hand by hand and weighs each multiset as the test does."""
+    by_id = {r["episode"]: r for r in probe}
+    rows = []
+    for hand in hands:
+        found = by_id.get(numbers_id(cards.value_key(hand["values"])))
+        if found is None:
+            raise ValueError(f"the numbers-only probe has no result for hand {hand['episode']}'s values "
+                             f"{sorted(hand['values'])}: it was made from other hands")
+        rows.append({**found, "episode": hand["episode"]})
+    return rows
+
+
 def result_row(e: Episode, tries: Sequence[tuple[str, Verdict]]) -> dict:
     first = tries[0][1]
     return {

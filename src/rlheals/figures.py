@@ -8,9 +8,12 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
-from rlheals import model_ids
+from rlheals import episodes, model_ids
 
-RULE_COLORS = alt.Scale(domain=["id", "ood"], range=["#1f77b4", "#d62728"])
+# The tests' rules; the numbers-only probe of the OOD hands; and the OOD first answers that give the cards
+# their values under the written rule (value mapping): the last two tell what the OOD decline is.
+VALUES_READ = "ood values read"
+RULES = {"id": "#1f77b4", "ood": "#d62728", "numbers": "#9467bd", VALUES_READ: "#ff7f0e"}
 RULE_LEGEND = alt.Legend(symbolOpacity=1, symbolType="stroke", symbolStrokeWidth=2)  # not the bands' fill
 LOSS_COLORS = alt.Scale(domain=["train_loss", "id_loss", "ood_loss"], range=["#555555", "#1f77b4", "#d62728"])
 MARK_COLORS = {"best OOD accuracy": "#2ca02c", "lowest OOD loss": "#9467bd", "lowest train loss": "#7f7f7f"}
@@ -48,30 +51,50 @@ def _sft(accuracy: pl.DataFrame) -> pl.DataFrame:
     return rows.sort("sft_seed", "sft_step", "rule", nulls_last=False)
 
 
+def rule_colors(rules) -> alt.Scale:
+    """The colour of each rule drawn (rules absent from the chart stay out of its legend)."""
+    drawn = [r for r in RULES if r in set(rules)]
+    return alt.Scale(domain=drawn, range=[RULES[r] for r in drawn])
+
+
+def _values_read(sft: pl.DataFrame) -> pl.DataFrame:
+    """The OOD rows' value-mapping accuracy as a curve of its own, with its 95% Wilson interval."""
+    ood = sft.filter(pl.col("rule") == "ood")
+    bounds = [episodes.wilson(round(v * n), n) for v, n in zip(ood["value_mapping_accuracy"], ood["n_episodes"])]
+    return ood.with_columns(pl.lit(VALUES_READ).alias("rule"), pl.col("value_mapping_accuracy").alias("accuracy"),
+                            pl.Series("accuracy_low", [b[0] for b in bounds], pl.Float64),
+                            pl.Series("accuracy_high", [b[1] for b in bounds], pl.Float64))
+
+
 def sft_accuracy(accuracy: pl.DataFrame, losses: pl.DataFrame, recovery: pl.DataFrame) -> alt.HConcatChart:
-    """Left: ID and OOD accuracy (95% Wilson band) vs SFT step; RL from that step (mean over seeds, error
-    bars = min..max) as triangles, the continued-SFT control as squares; the steps where RL ended above the
-    control on OOD beyond the interval of the difference shaded (recovery_window). Right: train and held-out losses, the best-loss and best-OOD steps marked."""
+    """Left, vs SFT step with 95% Wilson bands: ID and OOD accuracy; the numbers-only probe of the OOD hands
+    (their values as bare numeric puzzles); the share of OOD first answers that give the cards their values
+    by the written rule. RL from a step (mean over seeds, error bars = min..max) as triangles, the
+    continued-SFT control as squares; the steps where RL ended above the control on OOD beyond the interval
+    of the difference shaded (recovery_window). Right: train and held-out losses, the best-loss and
+    best-OOD steps marked."""
     sft = _sft(accuracy)
+    sft = pl.concat([sft, _values_read(sft)])
     x = step_axis(sft["sft_step"])
+    colors = rule_colors(sft["rule"])
     # One band and line per rule and SFT seed: every seed's curve stays visible.
     band = alt.Chart(sft).mark_area(opacity=0.15).encode(
         x, alt.Y("accuracy_low:Q"), alt.Y2("accuracy_high:Q"),
-        alt.Color("rule:N", scale=RULE_COLORS, legend=RULE_LEGEND), alt.Detail("sft_seed:N"))
+        alt.Color("rule:N", title="curve", scale=colors, legend=RULE_LEGEND), alt.Detail("sft_seed:N"))
     line = alt.Chart(sft).mark_line(point=True).encode(
-        x, alt.Y("accuracy:Q", title="accuracy (solved within the tries)", axis=alt.Axis(format="%")),
-        alt.Color("rule:N", scale=RULE_COLORS), alt.Detail("sft_seed:N"),
+        x, alt.Y("accuracy:Q", title="share of hands (within the tries)", axis=alt.Axis(format="%")),
+        alt.Color("rule:N", scale=colors), alt.Detail("sft_seed:N"),
         tooltip=["model_id", "rule", alt.Tooltip("accuracy:Q", format=".1%")])
     layers = [band, line]
     if recovery.height:
         after = recovery.with_columns(pl.when(pl.col("algo") == model_ids.CONTROL).then(pl.lit("control"))
                                       .otherwise(pl.lit("RL")).alias("arm"))
         layers.append(alt.Chart(after).mark_point(filled=True, size=70).encode(
-            x, alt.Y("acc_after:Q"), alt.Color("rule:N", scale=RULE_COLORS),
+            x, alt.Y("acc_after:Q"), alt.Color("rule:N", scale=colors),
             alt.Shape("arm:N", scale=alt.Scale(domain=["RL", "control"], range=["triangle-up", "square"])),
             tooltip=["algo", "sft_step", "rule", alt.Tooltip("acc_after:Q", format=".1%"), "n_seeds"]))
         layers.append(alt.Chart(after).mark_rule().encode(x, alt.Y("acc_after_min:Q"), alt.Y2("acc_after_max:Q"),
-                                                          alt.Color("rule:N", scale=RULE_COLORS)))
+                                                          alt.Color("rule:N", scale=colors)))
         window = recovery_window(recovery)
         if window.height:
             layers.insert(0, alt.Chart(window).mark_rect(opacity=0.12, color="green").encode(
@@ -145,7 +168,7 @@ def format_errors(accuracy: pl.DataFrame) -> alt.Chart:
     return alt.Chart(sft).mark_line(point=True).encode(
         step_axis(sft["sft_step"]),
         alt.Y("format_error_rate:Q", title="format errors", axis=alt.Axis(format="%")),
-        alt.Color("rule:N", scale=RULE_COLORS), alt.Detail("sft_seed:N")).properties(
+        alt.Color("rule:N", scale=rule_colors(sft["rule"])), alt.Detail("sft_seed:N")).properties(
             width=WIDTH, height=HEIGHT, title="Format errors vs SFT step")
 
 

@@ -32,7 +32,15 @@ def side(low: float, high: float, sign: int = 1, at: float = 0.0) -> str:
     above, below = low > at, high < at
     if sign < 0:
         above, below = below, above
-    return YES if above else NO if below else UNDEFINED
+    return decide(above, below)
+
+
+def decide(met: bool, excluded: bool) -> str:
+    """Every decided claim's verdict: yes where its criterion is met beyond noise, no where the interval
+    rules it out, undefined where neither (the run cannot tell)."""
+    if met and excluded:
+        raise ValueError("a claim cannot be both met and ruled out")
+    return YES if met else NO if excluded else UNDEFINED
 
 
 def _row(finding: str, claim: str, statistic: str, value: float | None, uncertainty: str, paper: str,
@@ -94,14 +102,52 @@ def _rises_above_base(ood: pl.DataFrame, peak: Mapping, hands: pl.DataFrame, lab
     if base["sft_step"] != 0:
         return _row("1", claim, statistic, None, "", paper, NOT_TESTED, "not tested: step 0 was not evaluated")
     gain = statistics.difference(*tables.results_matrix(hands, [peak["model_id"], base["model_id"]], "ood"))
-    if gain.se == 0:
-        return _row("1", claim, statistic, 100 * gain.value, "", paper, UNDEFINED,
-                    "undefined: the best checkpoint and the base solve the same hands")
-    return _row("1", claim, statistic, 100 * gain.value, gain.text(), paper, side(gain.low, gain.high),
-                f"step {peak['sft_step']} {_pct(peak['accuracy'])}, base {_pct(base['accuracy'])}; criterion: "
-                "the interval above 0 (yes), below 0 (no), holding 0 (undefined); " +
-                ("B chosen on the selection hands" if selected else
-                 "the best checkpoint is chosen on the same hands, which favours it"))
+    return _decided("1", claim, statistic, gain, paper,
+                    f"step {peak['sft_step']} {_pct(peak['accuracy'])}, base {_pct(base['accuracy'])}; " +
+                    ("B chosen on the selection hands" if selected else
+                     "the best checkpoint is chosen on the same hands, which favours it"))
+
+
+def what_the_decline_is(hands: pl.DataFrame, best: str, last: str, label: str = "") -> list[dict]:
+    """What SFT's OOD decline from the best checkpoint to the last is, from the numbers-only probe (each
+    OOD test hand's values as a bare numeric puzzle, laid out on the hands): whether SFT loses the hands'
+    arithmetic (the probe falls), and whether it loses the written rule (OOD falls on the hands whose
+    numbers both checkpoints still solve). Either, both or neither can hold; each is decided on its own."""
+    arithmetic = "SFT loses the OOD hands' arithmetic: the numbers-only probe falls from the best checkpoint" + label
+    rule = "SFT loses the written rule: OOD falls from the best checkpoint on hands whose numbers it solves" + label
+    paper = "not measured in the papers"
+    probed = set(hands.filter(pl.col("rule") == "numbers")["model_id"].unique().to_list())
+    if not {best, last} <= probed:
+        why = "not tested: the numbers-only probe was not run on the best and the last checkpoint"
+        return [_row("1", claim, "", None, "", paper, NOT_TESTED, why) for claim in (arithmetic, rule)]
+    numbers = tables.results_matrix(hands, [best, last], "numbers")
+    ood = tables.results_matrix(hands, [best, last], "ood")
+    where = (f"probe {_pct(numbers[0].mean())} at {best}, {_pct(numbers[1].mean())} at {last}; OOD "
+             f"{_pct(ood[0].mean())} and {_pct(ood[1].mean())}")
+    rows = [_decided("1", arithmetic, "probe at the best checkpoint minus at the last (points)",
+                     statistics.difference(*numbers), paper, where)]
+    known = (numbers == 1).all(axis=0)
+    statistic = "OOD at the best checkpoint minus at the last, on hands whose numbers both solve (points)"
+    if known.sum() < 2:
+        rows.append(_row("1", rule, statistic, None, "", paper, UNDEFINED,
+                         f"undefined: {int(known.sum())} hands have numbers both checkpoints solve; {where}"))
+    else:
+        rows.append(_decided("1", rule, statistic, statistics.difference(*ood[:, known]), paper,
+                             f"{int(known.sum())} of {known.size} hands; {where}"))
+    return rows
+
+
+def _decided(finding: str, claim: str, statistic: str, estimate: statistics.Estimate, paper: str, note: str) -> dict:
+    """A claim that a difference is above 0, decided by its interval: above 0 (yes), below (no), holding
+    0 (undefined), or undefined where the two arms solve the same hands (no spread to judge by)."""
+    if estimate.se == 0:
+        return _row(finding, claim, statistic, 100 * estimate.value, "", paper, UNDEFINED,
+                    f"undefined: both solve the same hands; {note}")
+    return _row(finding, claim, statistic, 100 * estimate.value, estimate.text(), paper,
+                side(estimate.low, estimate.high), f"{note}; criterion: {CRITERION}")
+
+
+CRITERION = "the interval above 0 (yes), below 0 (no), holding 0 (undefined)"
 
 
 def _sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, hands: pl.DataFrame, label: str,
@@ -109,7 +155,7 @@ def _sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, hands: pl.Data
     """Finding 1 on one SFT run. Undefined where the curve is flat: no checkpoint lies
     outside the best one's 95% interval, so there is no best checkpoint."""
     ood, id_ = _sft(accuracy, "ood"), _sft(accuracy, "id")
-    chosen = ood.filter(pl.col("sft_step") == chosen_b)
+    chosen = ood.filter(pl.col("sft_step") == chosen_b) if chosen_b is not None else ood.clear()
     peak = chosen.row(0, named=True) if chosen.height else curve.peak(ood.to_dicts())
     last = ood.row(-1, named=True)
     test = curve.forgetting(id_.to_dicts(), ood.to_dicts(), peak["sft_step"])
@@ -152,7 +198,7 @@ def _sft_forgetting(accuracy: pl.DataFrame, losses: pl.DataFrame, hands: pl.Data
                          abs(best_loss - peak["sft_step"]), "one run", "OOD loss lowest very early; train loss keeps falling",
                          found, f"lowest OOD loss at step {best_loss}, best OOD accuracy at "
                          f"{peak['sft_step']}, lowest train loss at {best_train}; {why}"))
-    return rows
+    return rows + what_the_decline_is(hands, peak["model_id"], last["model_id"], label)
 
 
 def rl_healing(recovery: pl.DataFrame) -> list[dict]:
@@ -200,10 +246,7 @@ def _healing_row(r: Mapping, where: str, p_holm: float | None, context: str) -> 
     if r["n_seeds"] < 2:
         return _row("2", claim, statistic, r["recovered_share"], heal, PAPER_HEALING, UNDEFINED,
                     f"undefined: one RL seed, so the spread between seeds is unknown; {context}")
-    if r["recovered_share"] >= 0.5 and r["heal"] > 0 and p_holm < 0.05:
-        found = YES
-    else:
-        found = NO if r["recovered_share_high"] < 0.5 else UNDEFINED
+    found = decide(r["recovered_share"] >= 0.5 and r["heal"] > 0 and p_holm < 0.05, r["recovered_share_high"] < 0.5)
     return _row("2", claim, statistic, r["recovered_share"],
                 f"R {_interval(r, 'recovered_share', 1, 2)}; {heal}, Holm-adjusted p {p_holm:.3f}", PAPER_HEALING,
                 found, f"criterion: yes where R is at least 0.5 and H above 0 at Holm-adjusted p < 0.05, no where "
@@ -224,10 +267,7 @@ def _control_row(r: Mapping, where: str, p_holm: float | None, context: str) -> 
         return _row("2", claim, statistic, 100 * r["vs_control"], _points(r, "vs_control"),
                     "RL keeps OOD that SFT loses", UNDEFINED,
                     f"undefined: every RL and control model scores the same; {context}")
-    if r["vs_control"] > 0 and p_holm < 0.05:
-        found = YES
-    else:
-        found = NO if r["vs_control_high"] < 0 else UNDEFINED
+    found = decide(r["vs_control"] > 0 and p_holm < 0.05, r["vs_control_high"] < 0)
     return _row("2", claim, statistic, 100 * r["vs_control"],
                 f"{_points(r, 'vs_control')}, Holm-adjusted p {p_holm:.3f}", "RL keeps OOD that SFT loses", found,
                 f"control {_pct(r['acc_control'])} ({r['control_seeds']} seeds); criterion: yes above 0 at "
@@ -355,12 +395,8 @@ def restoration_findings(table: pl.DataFrame) -> list[dict]:
                     f"{100 * r['gap_high']:.1f}], not beyond noise")
         found = NO_CLAIM
         if claim:
-            if not defined:
-                found = UNDEFINED
-            elif r["recovery"] >= 0.5 and r["recovery_low"] > 0:
-                found = YES
-            else:  # decided against the claim only where the whole interval is below half
-                found = NO if r["recovery_high"] < 0.5 else UNDEFINED
+            found = decide(r["recovery"] >= 0.5 and r["recovery_low"] > 0,
+                           r["recovery_high"] < 0.5) if defined else UNDEFINED
         label = claim[0] if claim else f"{r['kind']} edit {r['edit']}"
         rows.append(_row("4", f"Restoring the {label} of {r['base']} into {r['target']} recovers OOD accuracy",
                          "OOD recovery fraction (acc_edit - acc_T) / (acc_B - acc_T)",

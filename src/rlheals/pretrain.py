@@ -137,11 +137,11 @@ def _make_doc(rng: random.Random, kind: str, target: int, context: Mapping) -> d
         plain = [s for s in cards.solve(values, target) if cards.is_plain(s)]
         if not plain:
             return None
-        prompt = f"numbers {' '.join(map(str, values))} target {target} =>"
+        prompt = cards.numbers_prompt("compact", values, target)
         return {"kind": kind, "target": target, "prompt": prompt, "answer": cards.steps_answer(values, rng.choice(plain), restate)}
     if kind == "numbers_other":
         values = [rng.randint(1, 13) for _ in range(4)]
-        prompt_of = lambda t: f"numbers {' '.join(map(str, values))} target {t} =>"  # noqa: E731
+        prompt_of = lambda t: cards.numbers_prompt("compact", values, t)  # noqa: E731
     else:
         rule = cards.Rule("random", tuple(rng.randint(1, 13) for _ in range(3)), rng.choice(cards.HAND_KINDS))
         ranks, _ = rule.draw(rng)

@@ -100,9 +100,9 @@ def rl_recovery_table(accuracy: pl.DataFrame, hands: pl.DataFrame,
     the final RL models' mean over seeds (after) with its interval, and, each with its interval
     (rlheals.statistics: paired on the test hands, seed spread counted, t quantile):
     - heal: after - before, what RL changed from its start;
-    - drop: ref - before, what SFT lost by the start, ref the better (on the test hands) of the base and
-      the best-OOD checkpoint B as chosen on the selection hands (`chosen_b`, by SFT seed; without it, the
-      base alone: B picked on the test hands would favour a large drop);
+    - drop (OOD only): ref - before, what SFT lost by the start, ref the better (on the test hands) of the
+      base and the best-OOD checkpoint B as chosen on the selection hands (`chosen_b`, by SFT seed; without
+      it, the base alone: B picked on the test hands would favour a large drop);
     - recovered_share R = heal / drop, only where the drop lies beyond its interval, and only on OOD;
     - vs_control: after - the control's after from the same start (null for the control itself)."""
     final = accuracy.filter(pl.col("stage") == "rl", pl.col("rl_update").is_null())
@@ -116,16 +116,17 @@ def rl_recovery_table(accuracy: pl.DataFrame, hands: pl.DataFrame,
         start = model_ids.sft(g["sft_step"], seed)
         curve_rows = sft.filter(pl.col("sft_seed").eq_missing(seed), pl.col("rule") == rule).sort("sft_step")
         b_step = (chosen_b or {}).get(seed) if rule == "ood" else None
-        best = next(curve_rows.filter(pl.col("sft_step") == b_step).iter_rows(named=True), None)
+        best = next(curve_rows.filter(pl.col("sft_step") == b_step).iter_rows(named=True), None) if b_step is not None else None
         start_rows = curve_rows.filter(pl.col("sft_step") == 0)  # the base model's weights, step 0 of SFT
         if not start_rows.height:
             start_rows = accuracy.filter(pl.col("stage") == "base", pl.col("rule") == rule)
+        # What SFT lost is asked of OOD only: on the ID rule SFT gains, and the probe is its own question.
         ref = max((*start_rows.head(1).iter_rows(named=True), *([best] if best else [])),
-                  key=lambda r: r["accuracy"])["model_id"]
+                  key=lambda r: r["accuracy"])["model_id"] if rule == "ood" else None
         control = final.filter(pl.col("sft_seed").eq_missing(seed), pl.col("sft_step") == g["sft_step"],
                                pl.col("rule") == rule, pl.col("algo") == model_ids.CONTROL)["model_id"].sort().to_list()
         runs = g["model_id"]
-        names = {"ref": [ref], "start": [start], "rl": runs,
+        names = {"ref": [ref] if ref else [], "start": [start], "rl": runs,
                  "control": control if control and g["algo"] != model_ids.CONTROL else []}
         matrix = results_matrix(hands, [m for ids in names.values() for m in ids], rule)
         arms, at = {}, 0
@@ -133,21 +134,23 @@ def rl_recovery_table(accuracy: pl.DataFrame, hands: pl.DataFrame,
             arms[name], at = matrix[at:at + len(ids)], at + len(ids)
         after = statistics.contrast(arms, {"rl": 1})
         heal = statistics.contrast(arms, {"rl": 1, "start": -1})
-        drop = statistics.contrast(arms, {"ref": 1, "start": -1})
-        defined = rule == "ood" and drop.value > 0 and drop.beyond(0)
+        drop = statistics.contrast(arms, {"ref": 1, "start": -1}) if ref else None
+        defined = drop is not None and drop.value > 0 and drop.beyond(0)
         share = statistics.ratio(arms, {"rl": 1, "start": -1}, {"ref": 1, "start": -1}) if defined else None
         vs = statistics.contrast(arms, {"rl": 1, "control": -1}) if len(arms["control"]) else None
         rows.append({"sft_seed": seed, "algo": g["algo"], "sft_step": g["sft_step"], "rule": rule,
                      "n_seeds": len(runs), "n_episodes": matrix.shape[1], "acc_before": arms["start"].mean(),
                      "acc_after": after.value, "acc_after_low": after.low, "acc_after_high": after.high,
                      "acc_after_min": g["acc_after_min"], "acc_after_max": g["acc_after_max"],
-                     **_interval("heal", heal), "ref": ref, "acc_ref": arms["ref"].mean(), **_interval("drop", drop),
+                     **_interval("heal", heal), "ref": ref, "acc_ref": float(arms["ref"].mean()) if ref else None,
+                     **_interval("drop", drop),
                      "drop_beyond_noise": defined, **_interval("recovered_share", share),
                      "control_seeds": len(arms["control"]) or None,
                      "acc_control": float(arms["control"].mean()) if vs is not None else None, **_interval("vs_control", vs)})
     floats = {c: pl.Float64 for name in ("heal", "drop", "recovered_share", "vs_control")
               for c in _interval(name, None)}
-    schema = {"sft_seed": pl.Int64, "control_seeds": pl.Int64, "acc_control": pl.Float64, **floats}
+    schema = {"sft_seed": pl.Int64, "control_seeds": pl.Int64, "acc_control": pl.Float64, "ref": pl.String,
+              "acc_ref": pl.Float64, **floats}
     return pl.DataFrame(rows, schema_overrides=schema).sort("rule", "sft_seed", "sft_step", "algo", nulls_last=False)
 
 
