@@ -7,7 +7,8 @@ evaluated on 200 hands per rule, and the criterion applied to every seed.
 Each arm and seed runs the workflow in its own copy (RUN_DIR/ARM/seed-N) with the arm's overlay on
 config/config.yaml; a second seed (or an arm that differs only in SFT) starts from a copy of the first's
 results, so Snakemake reruns only what the change touches. Prints one table of every checkpoint and one
-of the criterion per arm and seed; writes them to RUN_DIR/grid.csv and RUN_DIR/criterion.csv."""
+of the criterion per arm and seed; writes them to RUN_DIR/grid.csv and RUN_DIR/criterion.csv. The same
+command continues a grid that was stopped: finished jobs are kept."""
 
 from __future__ import annotations
 
@@ -97,8 +98,11 @@ def run(run_dir: Path, arm: str, seed: int) -> float:
     (where / "config" / "grid.yaml").write_text(json.dumps(cfg, indent=1))
     targets = [f"results/eval/sft-{s}.parquet" for s in cfg["sft"]["save_steps"]]
     start = time.time()
+    snakemake = [sys.executable, "-m", "snakemake", "--configfile", "config/grid.yaml"]
     with open(where / "grid.log", "a") as log:
-        subprocess.run([sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--configfile", "config/grid.yaml"],
+        # A grid stopped midway continues: the lock of the stopped run released, its unfinished job rerun.
+        subprocess.run([*snakemake, "--unlock"], cwd=where, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run([*snakemake, *targets, "--cores", "2", "--rerun-incomplete"],
                        cwd=where, stdout=log, stderr=subprocess.STDOUT, check=True)
     return time.time() - start
 
