@@ -103,7 +103,8 @@ def test_a_rise_above_the_base_and_the_decline_are_decided_apart():
 def test_findings_on_a_study_where_every_accuracy_is_zero_are_undefined_not_reproduced():
     losses = pl.DataFrame({"step": [0, 2, 4, 6], "train_loss": [6.0, 5.0, 4.0, 3.0], "ood_loss": [6.0, 5.5, 5.2, 5.4]})
     rows = forgetting({0: 0.0, 2: 0.0, 4: 0.0, 6: 0.0}, losses, n=24)
-    assert [r["reproduced"] for r in rows] == ["undefined"] * 3 + ["not tested"] * 2  # no numbers-only probe
+    # No numbers-only probe; every first answer reads the values by the rule at both ends.
+    assert [r["reproduced"] for r in rows] == ["undefined"] * 3 + ["not tested", "undefined"]
     assert all(r["note"].count("undefined") == 1 for r in rows[:3])
 
 
@@ -551,33 +552,45 @@ def test_the_results_page_is_written_from_the_tables(finished_study, tmp_path):
         assert heading in text
 
 
-def probe_hands(solved: dict[str, dict[str, set[int]]], n: int = 500) -> pl.DataFrame:
-    """A hands table from the hands each model solves, by rule ("ood", and "numbers": the probe)."""
-    return tables.hands_table({model: [{"episode": f"ood-{i:04d}", "rule": rule, "correct": i in hands}
+def probe_hands(solved: dict[str, dict[str, set[int]]], read: dict[str, set[int]], n: int = 500) -> pl.DataFrame:
+    """A hands table from the hands each model solves, by rule ("ood", and "numbers": the probe), and the
+    OOD hands whose values its first answer gives by the written rule (`read`)."""
+    return tables.hands_table({model: [{"episode": f"ood-{i:04d}", "rule": rule, "correct": i in hands,
+                                        "value_mapping": i in read[model] if rule == "ood" else True}
                                        for rule, hands in rules.items() for i in range(n)]
                                for model, rules in solved.items()})
 
 
 def test_the_numbers_probe_tells_losing_the_rule_from_losing_the_arithmetic():
     draw = random.Random(3)
-    known = set(draw.sample(range(500), 450))  # numbers solved at both checkpoints
+    known = set(draw.sample(range(500), 450))  # numbers the probe solves
     solved_b = set(draw.sample(sorted(known), 100))
-    # SFT keeps the arithmetic and loses the rule: OOD falls 20 -> 2% on hands whose numbers it solves.
+    everyone = set(range(500))
+    # SFT keeps the arithmetic and loses the rule: OOD falls 20 -> 2% and the values read by the written
+    # rule fall 100 -> 40%, while the probe holds.
     rule_lost = probe_hands({"sft-10": {"numbers": known, "ood": solved_b},
-                             "sft-800": {"numbers": known, "ood": set(sorted(solved_b)[:10])}})
+                             "sft-800": {"numbers": known, "ood": set(sorted(solved_b)[:10])}},
+                            read={"sft-10": everyone, "sft-800": set(range(200))})
     arithmetic, rule = findings.what_the_decline_is(rule_lost, "sft-10", "sft-800")
     assert "arithmetic" in arithmetic["claim"] and "written rule" in rule["claim"]
-    assert rule["reproduced"] == "yes" and rule["value"] == pytest.approx(100 * 90 / 450)
-    assert "450 of 500 hands" in rule["note"]
+    assert rule["reproduced"] == "yes" and rule["value"] == pytest.approx(60.0)
+    assert "value mapping 100.0% at sft-10, 40.0% at sft-800" in rule["note"]
     assert arithmetic["reproduced"] == "undefined" and arithmetic["value"] == 0.0
-    # SFT loses the arithmetic: the probe falls 90 -> 30%, and OOD keeps exactly the hands whose numbers
-    # it still solves. The probe's fall is decided; on the hands both solve, OOD does not move.
+    # SFT loses the arithmetic: the probe falls 90 -> 30% and OOD keeps only the hands whose numbers it
+    # still solves, while every first answer still reads the cards by the written rule.
     kept = set(sorted(known)[:150])
     lost = probe_hands({"sft-10": {"numbers": known, "ood": solved_b},
-                        "sft-800": {"numbers": kept, "ood": solved_b & kept}})
+                        "sft-800": {"numbers": kept, "ood": solved_b & kept}},
+                       read={"sft-10": everyone, "sft-800": everyone})
     arithmetic, rule = findings.what_the_decline_is(lost, "sft-10", "sft-800")
     assert arithmetic["reproduced"] == "yes" and arithmetic["value"] == pytest.approx(60.0)
     assert rule["reproduced"] == "undefined" and rule["value"] == 0.0
-    # Without the probe on both checkpoints, neither claim is tested.
-    unprobed = probe_hands({"sft-10": {"ood": solved_b}, "sft-800": {"ood": set()}})
-    assert [r["reproduced"] for r in findings.what_the_decline_is(unprobed, "sft-10", "sft-800")] == ["not tested"] * 2
+    # A probe that rises from B (noise drawn apart for each model) is decided against the claim.
+    rises = probe_hands({"sft-10": {"numbers": set(draw.sample(range(500), 100)), "ood": solved_b},
+                         "sft-800": {"numbers": set(draw.sample(range(500), 300)), "ood": set()}},
+                        read={"sft-10": everyone, "sft-800": everyone})
+    assert findings.what_the_decline_is(rises, "sft-10", "sft-800")[0]["reproduced"] == "no"
+    # Without the probe on both checkpoints the arithmetic is not tested; the rule still is.
+    unprobed = probe_hands({"sft-10": {"ood": solved_b}, "sft-800": {"ood": set()}},
+                           read={"sft-10": everyone, "sft-800": set()})
+    assert [r["reproduced"] for r in findings.what_the_decline_is(unprobed, "sft-10", "sft-800")] == ["not tested", "yes"]

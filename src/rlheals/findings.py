@@ -109,40 +109,36 @@ def _rises_above_base(ood: pl.DataFrame, peak: Mapping, hands: pl.DataFrame, lab
 
 
 def what_the_decline_is(hands: pl.DataFrame, best: str, last: str, label: str = "") -> list[dict]:
-    """What SFT's OOD decline from the best checkpoint to the last is, from the numbers-only probe (each
-    OOD test hand's values as a bare numeric puzzle, laid out on the hands): whether SFT loses the hands'
-    arithmetic (the probe falls), and whether it loses the written rule (OOD falls on the hands whose
-    numbers both checkpoints still solve). Either, both or neither can hold; each is decided on its own."""
+    """What SFT's OOD decline from the best checkpoint to the last is, each reading decided on its own,
+    paired on the OOD test hands: SFT loses the hands' arithmetic (the numbers-only probe, each hand's
+    values as a bare numeric puzzle, falls), and SFT loses the written rule (fewer first answers give the
+    cards their values by the OOD rule: value mapping falls). Either, both or neither can hold."""
     arithmetic = "SFT loses the OOD hands' arithmetic: the numbers-only probe falls from the best checkpoint" + label
-    rule = "SFT loses the written rule: OOD falls from the best checkpoint on hands whose numbers it solves" + label
+    rule = ("SFT loses the written rule: fewer OOD first answers give the cards their values by it than at the "
+            "best checkpoint" + label)
     paper = "not measured in the papers"
+    ood = tables.results_matrix(hands, [best, last], "ood", "value_mapping")
+    rows = [_decided("1", rule, "OOD value mapping at the best checkpoint minus at the last (points)",
+                     statistics.difference(*ood), paper,
+                     f"value mapping {_pct(ood[0].mean())} at {best}, {_pct(ood[1].mean())} at {last}")]
     probed = set(hands.filter(pl.col("rule") == "numbers")["model_id"].unique().to_list())
     if not {best, last} <= probed:
         why = "not tested: the numbers-only probe was not run on the best and the last checkpoint"
-        return [_row("1", claim, "", None, "", paper, NOT_TESTED, why) for claim in (arithmetic, rule)]
+        return [_row("1", arithmetic, "", None, "", paper, NOT_TESTED, why), *rows]
     numbers = tables.results_matrix(hands, [best, last], "numbers")
-    ood = tables.results_matrix(hands, [best, last], "ood")
-    where = (f"probe {_pct(numbers[0].mean())} at {best}, {_pct(numbers[1].mean())} at {last}; OOD "
-             f"{_pct(ood[0].mean())} and {_pct(ood[1].mean())}")
-    rows = [_decided("1", arithmetic, "probe at the best checkpoint minus at the last (points)",
-                     statistics.difference(*numbers), paper, where)]
-    known = (numbers == 1).all(axis=0)
-    statistic = "OOD at the best checkpoint minus at the last, on hands whose numbers both solve (points)"
-    if known.sum() < 2:
-        rows.append(_row("1", rule, statistic, None, "", paper, UNDEFINED,
-                         f"undefined: {int(known.sum())} hands have numbers both checkpoints solve; {where}"))
-    else:
-        rows.append(_decided("1", rule, statistic, statistics.difference(*ood[:, known]), paper,
-                             f"{int(known.sum())} of {known.size} hands; {where}"))
-    return rows
+    solved = tables.results_matrix(hands, [best, last], "ood")
+    return [_decided("1", arithmetic, "numbers-only probe at the best checkpoint minus at the last (points)",
+                     statistics.difference(*numbers), paper,
+                     f"probe {_pct(numbers[0].mean())} at {best}, {_pct(numbers[1].mean())} at {last}; OOD "
+                     f"{_pct(solved[0].mean())} and {_pct(solved[1].mean())}"), *rows]
 
 
 def _decided(finding: str, claim: str, statistic: str, estimate: statistics.Estimate, paper: str, note: str) -> dict:
     """A claim that a difference is above 0, decided by its interval: above 0 (yes), below (no), holding
-    0 (undefined), or undefined where the two arms solve the same hands (no spread to judge by)."""
-    if estimate.se == 0:
+    0 (undefined), or undefined where the two arms agree on every hand (no spread to judge by)."""
+    if estimate.se == 0 and estimate.value == 0:
         return _row(finding, claim, statistic, 100 * estimate.value, "", paper, UNDEFINED,
-                    f"undefined: both solve the same hands; {note}")
+                    f"undefined: both agree on every hand; {note}")
     return _row(finding, claim, statistic, 100 * estimate.value, estimate.text(), paper,
                 side(estimate.low, estimate.high), f"{note}; criterion: {CRITERION}")
 

@@ -70,21 +70,24 @@ def restoration_table(edits: Mapping[str, Mapping], episodes: Mapping[str, Seque
 
 
 def hands_table(episodes: Mapping[str, Sequence[Mapping]]) -> pl.DataFrame:
-    """One row per (model, rule, test hand): whether the model solved it. Every comparison of models pairs
-    them on these shared hands (rlheals.statistics)."""
+    """One row per (model, rule, test hand): whether the model solved it, and whether its first answer gave
+    the cards their values by the rule (value mapping). Every comparison of models pairs them on these
+    shared hands (rlheals.statistics)."""
     frames = [pl.DataFrame({"model_id": model_id, "rule": [r["rule"] for r in rows],
-                            "episode": [r["episode"] for r in rows], "correct": [bool(r["correct"]) for r in rows]},
+                            "episode": [r["episode"] for r in rows], "correct": [bool(r["correct"]) for r in rows],
+                            "value_mapping": [bool(r["value_mapping"]) for r in rows]},
                            schema={"model_id": pl.String, "rule": pl.String, "episode": pl.String,
-                                   "correct": pl.Boolean})
+                                   "correct": pl.Boolean, "value_mapping": pl.Boolean})
               for model_id, rows in episodes.items()]
     return pl.concat(frames).sort("model_id", "rule", "episode")
 
 
-def results_matrix(hands: pl.DataFrame, models: Sequence[str], rule: str) -> np.ndarray:
-    """The 0/1 results of `models` on `rule`'s test hands, one row per model, hands in one order. Models
-    scored on different hands cannot be paired: that is an error naming them."""
+def results_matrix(hands: pl.DataFrame, models: Sequence[str], rule: str, measure: str = "correct") -> np.ndarray:
+    """The 0/1 results of `models` on `rule`'s test hands (`measure`: solved, or value_mapping), one row per
+    model, hands in one order. Models scored on different hands cannot be paired: that is an error naming
+    them."""
     rows = hands.filter(pl.col("rule") == rule, pl.col("model_id").is_in(list(set(models))))
-    wide = rows.pivot(on="model_id", index="episode", values="correct").sort("episode")
+    wide = rows.pivot(on="model_id", index="episode", values=measure).sort("episode")
     missing = [m for m in models if m not in wide.columns]
     if missing:
         raise ValueError(f"no {rule} results for {missing} in the hands table")
