@@ -31,7 +31,10 @@ decoding = evaluate.Decoding(do_sample=settings["do_sample"], temperature=settin
 protocol = evaluate.Protocol(verifier, settings["verify_turns"], decoding, settings["batch_size"])
 
 # The numbers-only probe asks each value multiset of the hands as a bare numeric puzzle (episodes.NUMBERS).
-played = episodes.numbers_probe(rows, fmt) if snakemake.params.numbers_probe else episodes.from_rows(rows, rules, fmt)
+if snakemake.params.numbers_probe:
+    played = episodes.numbers_probe(rows, fmt)
+else:
+    played = episodes.from_rows(rows, rules, fmt)
 meter = runlog.Progress(f"evaluate {model_id}", len(played), log.info, unit="episode")
 
 

@@ -18,8 +18,8 @@ WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "config", "envs", "slurm", "r
 # numbers-only probe of the first 10; the SVD of every compared model but the base; all 8 spectrum pairs;
 # the 3 edits; every table and figure.
 FIGURES = tuple(figure.name for figure in report.FIGURES)
-AFTER_SFT = {"rl": 3, "evaluate": 4 + 6 + 3, "evaluate_numbers": 4 + 6, "svd": 6, "spectrum": 8, "restore": 3, "rl_log_table": 1,
-             "spectrum_table": 1, "accuracy_table": 1, "restoration_table": 1, "report_tables": 1,
+AFTER_SFT = {"rl": 3, "evaluate": 4 + 6 + 3, "evaluate_numbers": 4 + 6, "svd": 6, "spectrum": 8, "restore": 3,
+             "rl_log_table": 1, "spectrum_table": 1, "accuracy_table": 1, "restoration_table": 1, "report_tables": 1,
              "checkpoints_table": 1, **{f"figure_{name}": 1 for name in FIGURES}, "all": 1}
 
 

@@ -219,7 +219,8 @@ def test_the_numbers_probe_asks_each_multiset_once_and_lays_its_results_on_the_h
     rows.append({**rows[0], "id": "ood_test-again", "values": rows[0]["values"][::-1]})  # the same multiset
     probe = episodes.numbers_probe(rows, "compact")
     assert len(probe) == len({cards.value_key(r["values"]) for r in rows}) < len(rows)
-    assert probe[0].prompt == f"numbers {' '.join(map(str, rows[0]['values']))} target 24 =>" and probe[0].cards == ()
+    assert probe[0].prompt == f"numbers {' '.join(map(str, rows[0]['values']))} target 24 =>"
+    assert probe[0].cards == ()
     assert episodes.numbers_probe(rows, "paper")[0].prompt.count(str(rows[0]["values"])) == 1
     model = ScriptedModel(tokenizer, solve_numbers)
     protocol = evaluate.Protocol(Verifier(), 2, evaluate.Decoding(), 5)

@@ -365,7 +365,8 @@ def restoration_rows(*specs, n: int = 500, sft_seed: int | None = None) -> pl.Da
         edits[edit_id] = {"kind": kind, "base": base, "target": target,
                           **{k: f[k] for k in ("top", "tail", "layers") if k in f}}
         scored |= {edit_id: f["acc"], base: f.get("acc_base", 0.034), target: f.get("acc_target", 0.034)}
-    results = {m: [{"episode": f"ood-{i:04d}", "rule": "ood", "correct": i < round(acc * n)} for i in range(n)]
+    results = {m: [{"episode": f"ood-{i:04d}", "rule": "ood", "correct": i < round(acc * n),
+                    "value_mapping": True} for i in range(n)]
                for m, acc in scored.items()}
     return tables.restoration_table(edits, results)
 
@@ -512,7 +513,8 @@ def test_restoration_findings_give_every_edit_an_interval_or_say_it_is_undefined
         for model, acc in (("sft-200", acc_base), ("sft-600", 0.03), (f"edit-{edit}", 0.05)):
             k = round(acc * 500)
             solved = set(random.Random(model).sample(range(500), k))  # each model its own hands
-            episodes[model] = [{"episode": f"ood-{i:04d}", "rule": "ood", "correct": i in solved} for i in range(500)]
+            episodes[model] = [{"episode": f"ood-{i:04d}", "rule": "ood", "correct": i in solved, "value_mapping": True}
+                               for i in range(500)]
         spec = {"kind": "directions", "base": "sft-200", "target": "sft-600", "top": top}
         return tables.restoration_table({f"edit-{edit}": spec}, episodes)
 
@@ -552,7 +554,8 @@ def test_the_results_page_is_written_from_the_tables(finished_study, tmp_path):
         assert heading in text
 
 
-def probe_hands(solved: dict[str, dict[str, set[int]]], read: dict[str, set[int]], n: int = 500) -> pl.DataFrame:
+def probe_hands(solved: dict[str, dict[str, set[int]]], read: dict[str, set[int]],
+                n: int = 500) -> pl.DataFrame:
     """A hands table from the hands each model solves, by rule ("ood", and "numbers": the probe), and the
     OOD hands whose values its first answer gives by the written rule (`read`)."""
     return tables.hands_table({model: [{"episode": f"ood-{i:04d}", "rule": rule, "correct": i in hands,
@@ -593,4 +596,5 @@ def test_the_numbers_probe_tells_losing_the_rule_from_losing_the_arithmetic():
     # Without the probe on both checkpoints the arithmetic is not tested; the rule still is.
     unprobed = probe_hands({"sft-10": {"ood": solved_b}, "sft-800": {"ood": set()}},
                            read={"sft-10": everyone, "sft-800": set()})
-    assert [r["reproduced"] for r in findings.what_the_decline_is(unprobed, "sft-10", "sft-800")] == ["not tested", "yes"]
+    verdicts = [r["reproduced"] for r in findings.what_the_decline_is(unprobed, "sft-10", "sft-800")]
+    assert verdicts == ["not tested", "yes"]

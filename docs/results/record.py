@@ -34,10 +34,10 @@ def sft_curve(tables: Path) -> pl.DataFrame:
     OOD hands (where it ran), and the OOD value mapping; one set of columns per SFT seed when several."""
     acc = pl.read_parquet(tables / "accuracy.parquet").filter(pl.col("stage") == "sft")
     values = acc.filter(pl.col("rule") == "ood").with_columns(
-        pl.lit("values read").alias("rule"), pl.format("{}", (100 * pl.col("value_mapping_accuracy")).round(1)).alias("acc"))
-    out = pl.concat([acc.with_columns(pl.format("{} [{}, {}]", *[(100 * pl.col(c)).round(1) for c in
-                                                                 ("accuracy", "accuracy_low", "accuracy_high")]).alias("acc")),
-                     values])
+        pl.lit("values read").alias("rule"),
+        pl.format("{}", (100 * pl.col("value_mapping_accuracy")).round(1)).alias("acc"))
+    bounds = [(100 * pl.col(c)).round(1) for c in ("accuracy", "accuracy_low", "accuracy_high")]
+    out = pl.concat([acc.with_columns(pl.format("{} [{}, {}]", *bounds).alias("acc")), values])
     names = {"id": "ID", "ood": "OOD", "numbers": "OOD as numbers", "values read": "OOD values read"}
     rules = [r for r in names if r in set(out["rule"])]
     seeds = sorted(s for s in out["sft_seed"].unique().to_list() if s is not None)
@@ -45,7 +45,8 @@ def sft_curve(tables: Path) -> pl.DataFrame:
         return out.pivot(on="rule", index="sft_step", values="acc").sort("sft_step").select(
             pl.col("sft_step").alias("SFT step"),
             *[pl.col(r).alias(f"{names[r]} %" + ("" if r == "values read" else " [95%]")) for r in rules])
-    out = out.with_columns(pl.format("{} seed {}", pl.col("rule").replace_strict(names), "sft_seed").alias("column"))
+    out = out.with_columns(
+        pl.format("{} seed {}", pl.col("rule").replace_strict(names), "sft_seed").alias("column"))
     return out.pivot(on="column", index="sft_step", values="acc").sort("sft_step").rename({"sft_step": "SFT step"}).select(
         "SFT step", *[f"{names[r]} seed {seed}" for seed in seeds for r in rules])
 

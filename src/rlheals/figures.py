@@ -61,8 +61,10 @@ def rule_colors(rules) -> alt.Scale:
 def _values_read(sft: pl.DataFrame) -> pl.DataFrame:
     """The OOD rows' value-mapping accuracy as a curve of its own, with its 95% Wilson interval."""
     ood = sft.filter(pl.col("rule") == "ood")
-    bounds = [episodes.wilson(round(v * n), n) for v, n in zip(ood["value_mapping_accuracy"], ood["n_episodes"])]
-    return ood.with_columns(pl.lit(VALUES_READ).alias("rule"), pl.col("value_mapping_accuracy").alias("accuracy"),
+    bounds = [episodes.wilson(round(v * n), n)
+              for v, n in zip(ood["value_mapping_accuracy"], ood["n_episodes"])]
+    return ood.with_columns(pl.lit(VALUES_READ).alias("rule"),
+                            pl.col("value_mapping_accuracy").alias("accuracy"),
                             pl.Series("accuracy_low", [b[0] for b in bounds], pl.Float64),
                             pl.Series("accuracy_high", [b[1] for b in bounds], pl.Float64))
 

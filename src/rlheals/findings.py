@@ -113,9 +113,10 @@ def what_the_decline_is(hands: pl.DataFrame, best: str, last: str, label: str = 
     paired on the OOD test hands: SFT loses the hands' arithmetic (the numbers-only probe, each hand's
     values as a bare numeric puzzle, falls), and SFT loses the written rule (fewer first answers give the
     cards their values by the OOD rule: value mapping falls). Either, both or neither can hold."""
-    arithmetic = "SFT loses the OOD hands' arithmetic: the numbers-only probe falls from the best checkpoint" + label
-    rule = ("SFT loses the written rule: fewer OOD first answers give the cards their values by it than at the "
-            "best checkpoint" + label)
+    arithmetic = ("SFT loses the OOD hands' arithmetic: the numbers-only probe falls from the best checkpoint"
+                  + label)
+    rule = ("SFT loses the written rule: fewer OOD first answers give the cards their values by it than at "
+            "the best checkpoint" + label)
     paper = "not measured in the papers"
     ood = tables.results_matrix(hands, [best, last], "ood", "value_mapping")
     rows = [_decided("1", rule, "OOD value mapping at the best checkpoint minus at the last (points)",
@@ -133,7 +134,8 @@ def what_the_decline_is(hands: pl.DataFrame, best: str, last: str, label: str = 
                      f"{_pct(solved[0].mean())} and {_pct(solved[1].mean())}"), *rows]
 
 
-def _decided(finding: str, claim: str, statistic: str, estimate: statistics.Estimate, paper: str, note: str) -> dict:
+def _decided(finding: str, claim: str, statistic: str, estimate: statistics.Estimate, paper: str,
+             note: str) -> dict:
     """A claim that a difference is above 0, decided by its interval: above 0 (yes), below (no), holding
     0 (undefined), or undefined where the two arms agree on every hand (no spread to judge by)."""
     if estimate.se == 0 and estimate.value == 0:
@@ -242,7 +244,8 @@ def _healing_row(r: Mapping, where: str, p_holm: float | None, context: str) -> 
     if r["n_seeds"] < 2:
         return _row("2", claim, statistic, r["recovered_share"], heal, PAPER_HEALING, UNDEFINED,
                     f"undefined: one RL seed, so the spread between seeds is unknown; {context}")
-    found = decide(r["recovered_share"] >= 0.5 and r["heal"] > 0 and p_holm < 0.05, r["recovered_share_high"] < 0.5)
+    found = decide(r["recovered_share"] >= 0.5 and r["heal"] > 0 and p_holm < 0.05,
+                   r["recovered_share_high"] < 0.5)
     return _row("2", claim, statistic, r["recovered_share"],
                 f"R {_interval(r, 'recovered_share', 1, 2)}; {heal}, Holm-adjusted p {p_holm:.3f}", PAPER_HEALING,
                 found, f"criterion: yes where R is at least 0.5 and H above 0 at Holm-adjusted p < 0.05, no where "

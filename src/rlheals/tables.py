@@ -74,7 +74,8 @@ def hands_table(episodes: Mapping[str, Sequence[Mapping]]) -> pl.DataFrame:
     the cards their values by the rule (value mapping). Every comparison of models pairs them on these
     shared hands (rlheals.statistics)."""
     frames = [pl.DataFrame({"model_id": model_id, "rule": [r["rule"] for r in rows],
-                            "episode": [r["episode"] for r in rows], "correct": [bool(r["correct"]) for r in rows],
+                            "episode": [r["episode"] for r in rows],
+                            "correct": [bool(r["correct"]) for r in rows],
                             "value_mapping": [bool(r["value_mapping"]) for r in rows]},
                            schema={"model_id": pl.String, "rule": pl.String, "episode": pl.String,
                                    "correct": pl.Boolean, "value_mapping": pl.Boolean})
@@ -82,7 +83,8 @@ def hands_table(episodes: Mapping[str, Sequence[Mapping]]) -> pl.DataFrame:
     return pl.concat(frames).sort("model_id", "rule", "episode")
 
 
-def results_matrix(hands: pl.DataFrame, models: Sequence[str], rule: str, measure: str = "correct") -> np.ndarray:
+def results_matrix(hands: pl.DataFrame, models: Sequence[str], rule: str,
+                   measure: str = "correct") -> np.ndarray:
     """The 0/1 results of `models` on `rule`'s test hands (`measure`: solved, or value_mapping), one row per
     model, hands in one order. Models scored on different hands cannot be paired: that is an error naming
     them."""
@@ -119,7 +121,8 @@ def rl_recovery_table(accuracy: pl.DataFrame, hands: pl.DataFrame,
         start = model_ids.sft(g["sft_step"], seed)
         curve_rows = sft.filter(pl.col("sft_seed").eq_missing(seed), pl.col("rule") == rule).sort("sft_step")
         b_step = (chosen_b or {}).get(seed) if rule == "ood" else None
-        best = next(curve_rows.filter(pl.col("sft_step") == b_step).iter_rows(named=True), None) if b_step is not None else None
+        chosen = curve_rows.filter(pl.col("sft_step") == b_step) if b_step is not None else curve_rows.clear()
+        best = next(chosen.iter_rows(named=True), None)
         start_rows = curve_rows.filter(pl.col("sft_step") == 0)  # the base model's weights, step 0 of SFT
         if not start_rows.height:
             start_rows = accuracy.filter(pl.col("stage") == "base", pl.col("rule") == rule)
@@ -145,7 +148,8 @@ def rl_recovery_table(accuracy: pl.DataFrame, hands: pl.DataFrame,
                      "n_seeds": len(runs), "n_episodes": matrix.shape[1], "acc_before": arms["start"].mean(),
                      "acc_after": after.value, "acc_after_low": after.low, "acc_after_high": after.high,
                      "acc_after_min": g["acc_after_min"], "acc_after_max": g["acc_after_max"],
-                     **_interval("heal", heal), "ref": ref, "acc_ref": float(arms["ref"].mean()) if ref else None,
+                     **_interval("heal", heal), "ref": ref,
+                     "acc_ref": float(arms["ref"].mean()) if ref else None,
                      **_interval("drop", drop),
                      "drop_beyond_noise": defined, **_interval("recovered_share", share),
                      "control_seeds": len(arms["control"]) or None,
