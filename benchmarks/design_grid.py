@@ -30,7 +30,11 @@ SEEDS = (0, 1)
 EPISODES = 200
 STEPS = {800: [0, 25, 50, 100, 200, 400, 600, 800], 600: [0, 25, 50, 100, 200, 400, 600]}
 
-P = {"pretrain": {"target_puzzle_sizes": {"two": 0.2, "three": 0.4, "four": 0.4}},
+# Every arm is an overlay on today's config/config.yaml, so each pins what it holds apart from today's
+# default: P's pretraining is round 1's (no card puzzles for the target, no test multiset as numbers).
+P = {"pretrain": {"target_puzzle_sizes": {"two": 0.2, "three": 0.4, "four": 0.4},
+                  "mix": {"numbers_target": 0.6, "numbers_other": 0.1, "cards_other": 0.3, "cards_target": 0.0},
+                  "test_multisets_as_numbers": False},
      "data": {"holdout_share": {"id_test": 0.0, "ood_test": 0.25}},
      "prompt": {"format": "steps"},
      "sft": {"lr": 3.0e-4, "max_steps": 800}}
@@ -51,7 +55,7 @@ C = _with(P, pretrain__mix={"numbers_target": 0.3, "numbers_other": 0.1, "cards_
 ARMS = {
     # Round 1
     "P": (P, None),
-    "previous": ({"sft": {"max_steps": 600}}, None),
+    "previous": ({"sft": {"max_steps": 600}}, None),  # round 1's default then; not today's default rebuilt
     "P-compact": (_with(P, prompt__format="compact"), None),
     "P-reserved": (_with(P, data__holdout_share=0.25), None),
     "P-no-four": (_with(P, pretrain__target_puzzle_sizes={"two": 0.3, "three": 0.7, "four": 0.0}), None),
