@@ -102,11 +102,12 @@ def run(run_dir: Path, arm: str, seed: int) -> float:
     (where / "config" / "grid.yaml").write_text(json.dumps(cfg, indent=1))
     targets = [f"results/eval/sft-{s}.parquet" for s in cfg["sft"]["save_steps"]]
     start = time.time()
-    snakemake = [sys.executable, "-m", "snakemake", "--configfile", "config/grid.yaml"]
+    snakemake = [sys.executable, "-m", "snakemake"]
+    config = ["--configfile", "config/grid.yaml"]  # last: it takes every argument after it
     with open(where / "grid.log", "a") as log:
         # A grid stopped midway continues: the lock of the stopped run released, its unfinished job rerun.
-        subprocess.run([*snakemake, "--unlock"], cwd=where, stdout=log, stderr=subprocess.STDOUT, check=True)
-        subprocess.run([*snakemake, *targets, "--cores", "2", "--rerun-incomplete"],
+        subprocess.run([*snakemake, "--unlock", *config], cwd=where, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run([*snakemake, *targets, "--cores", "2", "--rerun-incomplete", *config],
                        cwd=where, stdout=log, stderr=subprocess.STDOUT, check=True)
     return time.time() - start
 
