@@ -13,9 +13,9 @@ from rlheals import episodes, model_ids
 # The tests' rules; the numbers-only probe of the OOD hands; and the OOD first answers that give the cards
 # their values under the written rule (value mapping): the last two tell what the OOD decline is.
 VALUES_READ = "ood values read"
-RULES = {"id": "#1f77b4", "ood": "#d62728", "numbers": "#9467bd", VALUES_READ: "#ff7f0e"}
+RULES = {"id": "#1f77b4", "ood": "#d62728", episodes.NUMBERS: "#9467bd", VALUES_READ: "#ff7f0e"}
 RULE_LEGEND = alt.Legend(symbolOpacity=1, symbolType="stroke", symbolStrokeWidth=2,  # not the bands' fill
-                         labelExpr="datum.label == 'numbers' ? 'ood hands as numbers' : datum.label")
+                         labelExpr=f"datum.label == '{episodes.NUMBERS}' ? 'ood hands as numbers' : datum.label")
 LOSS_COLORS = alt.Scale(domain=["train_loss", "id_loss", "ood_loss"], range=["#555555", "#1f77b4", "#d62728"])
 MARK_COLORS = {"best OOD accuracy": "#2ca02c", "lowest OOD loss": "#9467bd", "lowest train loss": "#7f7f7f"}
 STAGES = ["SFT", "RL", "control"]  # the stages of tables.update_stage

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from rlheals import curve, model_ids, statistics, tables
+from rlheals import curve, episodes, model_ids, statistics, tables
 
 # The values of the `reproduced` column (docs/study.md, "The findings table"): the run meets the claim's
 # criterion (yes) or not (no); it cannot decide it (undefined: the note says why); the claim has no
@@ -122,11 +122,11 @@ def what_the_decline_is(hands: pl.DataFrame, best: str, last: str, label: str = 
     rows = [_decided("1", rule, "OOD value mapping at the best checkpoint minus at the last (points)",
                      statistics.difference(*ood), paper,
                      f"value mapping {_pct(ood[0].mean())} at {best}, {_pct(ood[1].mean())} at {last}")]
-    probed = set(hands.filter(pl.col("rule") == "numbers")["model_id"].unique().to_list())
+    probed = set(hands.filter(pl.col("rule") == episodes.NUMBERS)["model_id"].unique().to_list())
     if not {best, last} <= probed:
         why = "not tested: the numbers-only probe was not run on the best and the last checkpoint"
         return [_row("1", arithmetic, "", None, "", paper, NOT_TESTED, why), *rows]
-    numbers = tables.results_matrix(hands, [best, last], "numbers")
+    numbers = tables.results_matrix(hands, [best, last], episodes.NUMBERS)
     solved = tables.results_matrix(hands, [best, last], "ood")
     return [_decided("1", arithmetic, "numbers-only probe at the best checkpoint minus at the last (points)",
                      statistics.difference(*numbers), paper,
