@@ -25,7 +25,7 @@ rule evaluate:
 
 # The SFT checkpoints on the OOD selection hands, from which choose_points reads B, T and the RL starting
 # points: a choice made on these hands is measured on the test hands (data.SELECT_SPLITS).
-rule evaluate_select:
+use rule evaluate as evaluate_select with:
     input:
         model="results/models/{model_id}",
         tests=["results/data/ood_select.jsonl"],
@@ -35,22 +35,11 @@ rule evaluate_select:
         "logs/eval_select/{model_id}.log",
     benchmark:
         "benchmarks/results/eval_select/{model_id}.tsv"
-    params:
-        code=code_of("evaluate.py"),
-        cfg=canonical(study.eval_slice()),
-        numbers_probe=False,
-    threads: job_threads(4)
-    resources:
-        **sized("evaluate"),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/evaluate.py"
 
 
 # The numbers-only probe: each value multiset of the OOD test hands asked as a bare numeric puzzle, for the
 # SFT checkpoints and the RL models. Beside the OOD test it tells losing the rule from losing the arithmetic.
-rule evaluate_numbers:
+use rule evaluate as evaluate_numbers with:
     input:
         model="results/models/{model_id}",
         tests=["results/data/ood_test.jsonl"],
@@ -61,16 +50,7 @@ rule evaluate_numbers:
     benchmark:
         "benchmarks/results/eval_numbers/{model_id}.tsv"
     params:
-        code=code_of("evaluate.py"),
-        cfg=canonical(study.eval_slice()),
         numbers_probe=True,
-    threads: job_threads(4)
-    resources:
-        **sized("evaluate"),
-    conda:
-        "../envs/analysis.yaml"
-    script:
-        "../scripts/evaluate.py"
 
 
 rule accuracy_table:

@@ -226,24 +226,26 @@ def is_plain(solution: str) -> bool:
 
 # ----- prompts and targets ------------------------------------------------------------------------------
 
+def _paper_task(target: int, given: str, using: str, shown: str, fields: str) -> str:
+    """The papers' single-turn prompt around what the player is given and the answer fields it asks for."""
+    return (
+        "[Task Description]\n"
+        f"You are an expert {target} points card game player. {given} Your goal is to output a formula that "
+        f"evaluates to {target} using {using} and operators such as '+', '-', '*', '/', '(', ')', and '='.\n\n"
+        f"[Input]\n{shown}\n\n"
+        f"[Output]\n{{\n{fields}"
+        f"  \"formula\": 'an equation that equals {target}',\n"
+        "}"
+    )
+
+
 def paper_prompt(cards: list[str], rule: Rule, target: int) -> str:
     """The paper's single-turn prompt (text version of GeneralPoints), asking for a JSON answer."""
     faces = rule.face_phrase()
-    return (
-        "[Task Description]\n"
-        f"You are an expert {target} points card game player. You are observing these four cards. "
-        f"Note that {faces}, and each card must be used once. Your goal is to output a formula that "
-        f"evaluates to {target} using numbers from the cards and operators such as '+', '-', '*', '/', "
-        "'(', ')', and '='.\n\n"
-        "[Input]\n"
-        f"Cards: {json.dumps(cards)}\n\n"
-        "[Output]\n"
-        "{\n"
-        f'  "cards": [x, y, z, w], where {faces},\n'
-        '  "number": [a, b, c, d], where a, b, c, and d are the numbers on the cards,\n'
-        f'  "formula": \'an equation that equals {target}\',\n'
-        "}"
-    )
+    given = f"You are observing these four cards. Note that {faces}, and each card must be used once."
+    fields = (f'  "cards": [x, y, z, w], where {faces},\n'
+              '  "number": [a, b, c, d], where a, b, c, and d are the numbers on the cards,\n')
+    return _paper_task(target, given, "numbers from the cards", f"Cards: {json.dumps(cards)}", fields)
 
 
 def compact_prompt(cards: list[str], rule: Rule, target: int) -> str:
@@ -293,19 +295,9 @@ def numbers_prompt(fmt: str, values: Iterable[int], target: int) -> str:
     numbers = [int(v) for v in values]
     if fmt != "paper":
         return f"numbers {' '.join(map(str, numbers))} target {target} =>"
-    return (
-        "[Task Description]\n"
-        f"You are an expert {target} points card game player. You are given these four numbers, and each "
-        f"number must be used once. Your goal is to output a formula that evaluates to {target} using the "
-        "numbers and operators such as '+', '-', '*', '/', '(', ')', and '='.\n\n"
-        "[Input]\n"
-        f"Numbers: {json.dumps(numbers)}\n\n"
-        "[Output]\n"
-        "{\n"
-        '  "number": [a, b, c, d], the four numbers,\n'
-        f'  "formula": \'an equation that equals {target}\',\n'
-        "}"
-    )
+    given = "You are given these four numbers, and each number must be used once."
+    return _paper_task(target, given, "the numbers", f"Numbers: {json.dumps(numbers)}",
+                       '  "number": [a, b, c, d], the four numbers,\n')
 
 
 def render_prompt(fmt: str, cards: list[str], rule: Rule, target: int) -> str:
