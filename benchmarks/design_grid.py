@@ -106,7 +106,8 @@ def run(run_dir: Path, arm: str, seed: int) -> float:
     config = ["--configfile", "config/grid.yaml"]  # last: it takes every argument after it
     with open(where / "grid.log", "a") as log:
         # A grid stopped midway continues: the lock of the stopped run released, its unfinished job rerun.
-        subprocess.run([*snakemake, "--unlock", *config], cwd=where, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run([*snakemake, "--unlock", *config], cwd=where, stdout=log, stderr=subprocess.STDOUT,
+                       check=True)
         subprocess.run([*snakemake, *targets, "--cores", "2", "--rerun-incomplete", *config],
                        cwd=where, stdout=log, stderr=subprocess.STDOUT, check=True)
     return time.time() - start

@@ -144,3 +144,22 @@ def test_prompts_name_the_rule():
 def test_plain_solutions():
     assert cards.is_plain("(1+3)*(2+4)")
     assert not cards.is_plain("8/(3-8/3)") and not cards.is_plain("10-7*(5-7)")
+
+
+def test_the_papers_prompt_is_their_text_and_the_numbers_probe_shares_its_frame():
+    from rlheals.cards import Rule, numbers_prompt, paper_prompt
+
+    ood = Rule("ood", (11, 12, 13))
+    text = paper_prompt(["J", "3", "5", "2"], ood, 24)
+    assert text.startswith("[Task Description]\nYou are an expert 24 points card game player. You are observing "
+                           "these four cards. Note that ")
+    assert ", and each card must be used once. Your goal is to output a formula that evaluates to 24 using " \
+           "numbers from the cards and operators such as '+', '-', '*', '/', '(', ')', and '='.\n\n" in text
+    assert '[Input]\nCards: ["J", "3", "5", "2"]\n\n[Output]\n{\n  "cards": [x, y, z, w], where ' in text
+    assert text.endswith('  "number": [a, b, c, d], where a, b, c, and d are the numbers on the cards,\n'
+                         "  \"formula\": 'an equation that equals 24',\n}")
+    probe = numbers_prompt("paper", [11, 3, 5, 2], 24)
+    given = "You are given these four numbers, and each number must be used once. "
+    assert probe.split("Your goal")[0].endswith(given)
+    assert "Numbers: [11, 3, 5, 2]" in probe and "cards" not in probe.split("[Output]")[1]
+    assert numbers_prompt("compact", [11, 3, 5, 2], 24) == "numbers 11 3 5 2 target 24 =>"
