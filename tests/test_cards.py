@@ -151,8 +151,8 @@ def test_the_papers_prompt_is_their_text_and_the_numbers_probe_shares_its_frame(
 
     ood = Rule("ood", (11, 12, 13))
     text = paper_prompt(["J", "3", "5", "2"], ood, 24)
-    assert text.startswith("[Task Description]\nYou are an expert 24 points card game player. You are observing "
-                           "these four cards. Note that ")
+    assert text.startswith("[Task Description]\nYou are an expert 24 points card game player. "
+                           "You are observing these four cards. Note that ")
     assert ", and each card must be used once. Your goal is to output a formula that evaluates to 24 using " \
            "numbers from the cards and operators such as '+', '-', '*', '/', '(', ')', and '='.\n\n" in text
     assert '[Input]\nCards: ["J", "3", "5", "2"]\n\n[Output]\n{\n  "cards": [x, y, z, w], where ' in text
